@@ -1,0 +1,1 @@
+"""Prefect flows of scalereg; each module is runnable as a script."""

@@ -1,0 +1,110 @@
+"""Choose the Dask cluster a flow's tasks run on (the one place that does)."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+from prefect.settings import PREFECT_API_URL
+from prefect_dask import DaskTaskRunner
+
+from scalereg.errors import InputError
+
+PROFILES_DIR = Path(__file__).resolve().parent.parent / "infra" / "clusters"
+DEFAULT_LOCAL: dict[str, Any] = {
+    "cluster_class": "distributed.LocalCluster",
+    "cluster_kwargs": {
+        "n_workers": max(1, os.cpu_count() or 1),
+        "threads_per_worker": 1,
+        "processes": True,
+        "dashboard_address": ":0",
+    },
+}
+
+
+def cluster_spec(cluster: str | None) -> dict[str, Any]:
+    """DaskTaskRunner keyword arguments for ``cluster``.
+
+    ``cluster`` is ``None``/``"local"`` (a LocalCluster, one worker per core), a
+    scheduler address (``tcp://host:8786``), a profile name from infra/clusters/,
+    or a path to such a YAML file (keys: cluster_class, cluster_kwargs, adapt_kwargs).
+    """
+    if cluster in (None, "", "local"):
+        path = PROFILES_DIR / "local.yaml"
+        return _load(path) if path.exists() else DEFAULT_LOCAL
+    if "://" in cluster:
+        return {"address": cluster}
+    path = Path(cluster)
+    if not path.suffix:
+        path = PROFILES_DIR / f"{cluster}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+        raise InputError("cluster", f"unknown cluster {cluster!r}: use one of {known}, a tcp:// address or a YAML file")
+    return _load(path)
+
+
+def _load(path: Path) -> dict[str, Any]:
+    spec = yaml.safe_load(path.read_text()) or {}
+    unknown = set(spec) - {"cluster_class", "cluster_kwargs", "adapt_kwargs", "address"}
+    if unknown:
+        raise InputError(str(path), f"unknown keys {sorted(unknown)} in cluster profile")
+    return spec
+
+
+@contextmanager
+def dask_cluster(cluster: str | None = None) -> Iterator[str]:
+    """Start the cluster ``cluster`` names (or connect to an address) and yield its
+    scheduler address; a cluster started here is closed on exit.
+
+    A top-level flow enters this once and hands the address to the stage flows it
+    calls, so that one run uses one cluster.
+    """
+    spec = cluster_spec(cluster)
+    if "address" in spec:
+        yield spec["address"]
+        return
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    cluster_class = spec.get("cluster_class", "distributed.LocalCluster")
+    if isinstance(cluster_class, str):
+        module, _, name = cluster_class.rpartition(".")
+        cluster_class = getattr(importlib.import_module(module), name)
+    with _shared_prefect_api():
+        instance = cluster_class(**spec.get("cluster_kwargs", {}))
+    try:
+        if spec.get("adapt_kwargs"):
+            instance.adapt(**spec["adapt_kwargs"])
+        yield instance.scheduler_address
+    finally:
+        instance.close()
+
+
+@contextmanager
+def _shared_prefect_api() -> Iterator[None]:
+    """Point worker processes started here at this process's Prefect API.
+
+    Without a configured PREFECT_API_URL, Prefect runs a temporary server per
+    process: every Dask worker would start its own (seconds each, and ~200 MB),
+    and their task runs would not reach the flow's server.
+    """
+    if PREFECT_API_URL.value():
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # the one this process already uses
+    server.start()
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        yield
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+
+
+def runner_for(address: str) -> DaskTaskRunner:
+    """A task runner that submits to the running cluster at ``address``."""
+    return DaskTaskRunner(address=address)

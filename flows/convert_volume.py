@@ -1,0 +1,159 @@
+"""Flow: convert a volume (NIfTI, TIFF, NRRD/MHA, Zarr, OME-Zarr) to an OME-Zarr pyramid.
+
+Produces: the OME-Zarr pyramid at ``output`` (NGFF 0.4 or 0.5, marked complete only
+when every level is written), a table artifact per level (shape, spacing, chunks,
+bytes, time), a progress artifact while blocks complete and a markdown report.
+
+Run as a script:  python -m flows.convert_volume SOURCE OUTPUT.ome.zarr --spacing 50 50 50
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger
+from prefect.futures import as_completed
+from prefect.states import Completed, Failed, State
+from tqdm import tqdm
+
+from flows.cluster import dask_cluster, runner_for
+from scalereg.blocks import block_name
+from scalereg.convert import finish_conversion, finish_level, plan_conversion, prepare_output
+from scalereg.convert.plan_conversion import DEFAULT_MEMORY_BUDGET
+from scalereg.errors import InputError
+from scalereg.storage import redact_uri
+from tasks.artifacts import ProgressArtifact, artifact_key, publish_level_table, publish_report
+from tasks.convert import convert_block
+from tasks.failures import bad_input_message
+
+
+@flow(name="convert-volume", log_prints=True)
+def convert_volume(
+    source: str,
+    output: str,
+    spacing: list[float] | None = None,
+    unit: str | None = None,
+    orientation: str | None = None,
+    ngff_version: Literal["0.4", "0.5"] = "0.5",
+    chunks: int = 128,
+    shards: int | None = None,
+    labels: bool = False,
+    memory_budget: str = DEFAULT_MEMORY_BUDGET,
+    overwrite: bool = False,
+    cluster: str = "local",
+) -> dict[str, Any] | State:
+    """Convert ``source`` to an OME-Zarr pyramid at ``output`` on the Dask cluster
+    ``cluster`` ("local", a profile name in infra/clusters, a YAML file, or the
+    tcp:// address of a running scheduler, which is used and left running)."""
+    with dask_cluster(cluster) as address:
+        blocks_flow = convert_volume_blocks.with_options(task_runner=runner_for(address))
+        state = blocks_flow(
+            source=source,
+            output=output,
+            spacing=spacing,
+            unit=unit,
+            orientation=orientation,
+            ngff_version=ngff_version,
+            chunks=chunks,
+            shards=shards,
+            labels=labels,
+            memory_budget=memory_budget,
+            overwrite=overwrite,
+            return_state=True,
+        )
+    if state.is_failed():
+        return Failed(message=state.message)
+    return state.result()
+
+
+@flow(name="convert-volume-blocks", log_prints=True)
+def convert_volume_blocks(
+    source: str,
+    output: str,
+    spacing: list[float] | None = None,
+    unit: str | None = None,
+    orientation: str | None = None,
+    ngff_version: Literal["0.4", "0.5"] = "0.5",
+    chunks: int = 128,
+    shards: int | None = None,
+    labels: bool = False,
+    memory_budget: str = DEFAULT_MEMORY_BUDGET,
+    overwrite: bool = False,
+) -> dict[str, Any] | State:
+    """The blocks of every level as tasks on the flow's task runner, level after level."""
+    logger = get_run_logger()
+    try:
+        plan = plan_conversion(
+            source,
+            output,
+            spacing=spacing,
+            unit=unit,
+            orientation=orientation,
+            ngff_version=ngff_version,
+            chunks=chunks,
+            shards=shards,
+            labels=labels,
+            memory_budget=memory_budget,
+        )
+        for note in plan.notes:
+            logger.warning(note)
+        state = prepare_output(plan, overwrite=overwrite)
+        name = artifact_key(plan.layout.name)
+        if state == "complete":
+            logger.info("%s is already complete for this source and layout: nothing to do", plan.output)
+            return {"output": plan.output, "state": state, "levels": []}
+        if state == "resume":
+            logger.info("resuming %s: blocks with completion markers are skipped", plan.output)
+        shipped = plan.for_tasks()
+        progress = ProgressArtifact(name, plan.tasks, f"Blocks written for {plan.output}")
+        rows = []
+        with tqdm(total=plan.tasks, desc="convert", unit="block", disable=None) as bar:
+            for level in plan.levels:
+                start = time.perf_counter()
+                futures = [
+                    convert_block.submit(shipped, level.index, block, block_label=block_name(block)) for block in level.blocks
+                ]
+                results = []
+                for future in as_completed(futures):
+                    failure = bad_input_message(future.state)
+                    if failure:
+                        return Failed(message=failure)
+                    results.append(future.result())
+                    bar.update(1)
+                    progress.advance()
+                row = finish_level(plan, level.index, results, time.perf_counter() - start)
+                publish_level_table(name, row)
+                rows.append(row)
+                logger.info("level %d: %s voxels in %d tasks, %.1f s", level.index, row["shape"], row["tasks"], row["seconds"])
+        finish_conversion(plan)
+        publish_report(name, _report(plan, rows), f"Conversion of {redact_uri(plan.source.uri)}")
+        return Completed(data={"output": plan.output, "state": state, "levels": rows}, message=f"wrote {plan.output}")
+    except InputError as error:
+        return Failed(message=str(error))
+
+
+def _report(plan, rows: list[dict[str, Any]]) -> str:
+    lines = [
+        f"# Conversion of `{redact_uri(plan.source.uri)}`",
+        "",
+        f"Output: `{plan.output}` (OME-Zarr {plan.layout.ngff_version}, {plan.layout.dtype}, "
+        f"orientation {plan.layout.geometry.orientation or 'unknown'})",
+        "",
+        "| level | shape | spacing | chunks | bytes | tasks | skipped | seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['level']} | {' x '.join(map(str, row['shape']))} | "
+            f"{' x '.join(f'{s:g}' for s in row['spacing'])} {row['unit']} | {' x '.join(map(str, row['chunks']))} | "
+            f"{row['bytes']} | {row['tasks']} | {row['skipped']} | {row['seconds']} |"
+        )
+    lines += [""] + [f"- note: {note}" for note in plan.notes]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    from scalereg.cli import main
+
+    raise SystemExit(main(["convert", *__import__("sys").argv[1:]]))

@@ -1,0 +1,230 @@
+"""The `scalereg` command.
+
+Commands that run work (convert, demo) run the Prefect flows in flows/; they are
+imported only when used, so the core stays free of Prefect.  A user error prints
+one line and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from scalereg.errors import InputError
+
+EXIT_USER_ERROR = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_USER_ERROR
+    try:
+        return int(args.run(args) or 0)
+    except InputError as error:
+        print(f"scalereg: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("scalereg: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scalereg", description=__doc__.splitlines()[0] if __doc__ else None)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    convert = commands.add_parser("convert", help="convert a volume to an OME-Zarr pyramid (runs the convert-volume flow)")
+    convert.add_argument("input", help="NIfTI, TIFF file/directory/glob, NRRD/MHA, Zarr array, OME-Zarr (local or s3://)")
+    convert.add_argument("output", help="output OME-Zarr path (e.g. brain.ome.zarr)")
+    _add_conversion_options(convert)
+    convert.add_argument("--dry-run", action="store_true", help="print the plan (levels, tasks, memory per task) and stop")
+    convert.set_defaults(run=_convert)
+
+    info = commands.add_parser("info", help="print an OME-Zarr image's levels, shapes, spacing, orientation")
+    info.add_argument("path")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.set_defaults(run=_info)
+
+    validate = commands.add_parser("validate", help="validate an OME-Zarr image (NGFF spec and level consistency)")
+    validate.add_argument("path")
+    validate.set_defaults(run=_validate)
+
+    sample = commands.add_parser("sample-data", help="fetch real brain volumes from registry packages into the cache")
+    sample.add_argument("names", nargs="*", help="datasets (default: all)")
+    sample.add_argument("--cache-dir", default=None, help="cache directory (default: $SCALEREG_DATA or ~/.cache/scalereg)")
+    sample.set_defaults(run=_sample_data)
+
+    demo = commands.add_parser("demo", help="fetch the sample mouse brain and run the pipeline on it (LocalCluster)")
+    demo.add_argument("--out", default="scalereg-demo", help="output directory (default: ./scalereg-demo)")
+    demo.add_argument("--cluster", default="local", help="cluster profile, YAML file or tcp:// address")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def _add_conversion_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--spacing", nargs=3, type=float, metavar=("Z", "Y", "X"), help="voxel spacing (overrides the file's)")
+    parser.add_argument("--unit", default=None, help="space unit of --spacing (default: the file's, else micrometer)")
+    parser.add_argument("--orientation", default=None, help="3-letter origin code per array axis, e.g. asr (see README)")
+    parser.add_argument("--ngff-version", choices=["0.4", "0.5"], default="0.5", help="0.4 (zarr v2) or 0.5 (zarr v3)")
+    parser.add_argument("--chunks", type=int, default=128, help="chunk edge length in voxels (default 128)")
+    parser.add_argument("--shards", type=int, default=None, help="shard edge length (NGFF 0.5 only; multiple of --chunks)")
+    parser.add_argument("--labels", action="store_true", help="label image: mode downsampling, labels preserved")
+    parser.add_argument("--memory-budget", default=None, help="memory per task, e.g. 256MiB (sets the block size)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument("--cluster", default="local", help="local, a profile in infra/clusters, a YAML file or tcp://host:port")
+
+
+def _conversion_options(args: argparse.Namespace) -> dict[str, Any]:
+    from scalereg.convert.plan_conversion import DEFAULT_MEMORY_BUDGET
+
+    return {
+        "spacing": list(args.spacing) if args.spacing else None,
+        "unit": args.unit,
+        "orientation": args.orientation,
+        "ngff_version": args.ngff_version,
+        "chunks": args.chunks,
+        "shards": args.shards,
+        "labels": args.labels,
+        "memory_budget": args.memory_budget or DEFAULT_MEMORY_BUDGET,
+    }
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from scalereg.convert import plan_conversion
+
+    options = _conversion_options(args)
+    # Plan here first: bad input fails in a second, before any cluster starts.
+    plan = plan_conversion(args.input, args.output, **options)
+    _print_plan(plan)
+    if args.dry_run:
+        return 0
+    return _run_convert_flow(args.input, args.output, options, overwrite=args.overwrite, cluster=args.cluster)
+
+
+def _run_convert_flow(source: str, output: str, options: dict[str, Any], overwrite: bool, cluster: str) -> int:
+    _quiet_prefect()
+    from flows.convert_volume import convert_volume
+
+    state = convert_volume(source=source, output=output, overwrite=overwrite, cluster=cluster, return_state=True, **options)
+    if state.is_failed():
+        print(f"scalereg: error: {state.message}", file=sys.stderr)
+        return EXIT_USER_ERROR if state.name == "Failed" and state.message else 1
+    result = state.result()
+    print(f"wrote {result['output']} ({result['state']})")
+    return 0
+
+
+def _print_plan(plan: Any) -> None:
+    geometry = plan.layout.geometry
+    print(
+        f"{plan.source.uri}: {' x '.join(map(str, plan.layout.shape))} {plan.layout.dtype}, spacing "
+        f"{' x '.join(f'{s:g}' for s in geometry.spacing)} {geometry.unit}, orientation {geometry.orientation or 'unknown'}"
+    )
+    for note in plan.notes:
+        print(f"note: {note}")
+    print(f"{'level':>5} {'shape':>18} {'spacing':>22} {'chunks':>12} {'tasks':>6} {'memory/task':>12}")
+    for row in plan.summary():
+        print(f"{row['level']:>5} {row['shape']:>18} {row['spacing']:>22} {row['chunks']:>12} {row['tasks']:>6} {row['memory_per_task']:>12}")
+
+
+def _info(args: argparse.Namespace) -> int:
+    from scalereg.omezarr import read_pyramid
+
+    layout = read_pyramid(_path_or_uri(args.path))
+    status = layout.attributes.get("status") or {}
+    geometry = layout.geometry
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "path": args.path,
+                    "ngff_version": layout.ngff_version,
+                    "dtype": layout.dtype,
+                    "unit": geometry.unit,
+                    "orientation": geometry.orientation,
+                    "status": status.get("status"),
+                    "levels": [
+                        {"path": l.path, "shape": l.shape, "scale": l.scale, "translation": l.translation, "chunks": l.chunks, "shards": l.shards}
+                        for l in layout.levels
+                    ],
+                },
+                indent=2,
+            )
+        )
+        return 0
+    print(f"{args.path}: OME-Zarr {layout.ngff_version}, {layout.dtype}, {layout.name}")
+    print(f"orientation: {geometry.orientation or 'unknown'}   unit: {geometry.unit}   status: {status.get('status', 'n/a')}")
+    print(f"{'level':>5} {'shape':>18} {'spacing':>24} {'translation':>30} {'chunks':>14}")
+    for level in layout.levels:
+        print(
+            f"{level.path:>5} {' x '.join(map(str, level.shape)):>18} {' x '.join(f'{s:g}' for s in level.scale):>24} "
+            f"{', '.join(f'{t:g}' for t in level.translation):>30} {' x '.join(map(str, level.chunks)):>14}"
+        )
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from scalereg.omezarr import validate_pyramid
+
+    problems = validate_pyramid(_path_or_uri(args.path))
+    if problems:
+        for problem in problems:
+            print(f"{args.path}: {problem}")
+        return 1
+    print(f"{args.path}: valid")
+    return 0
+
+
+def _sample_data(args: argparse.Namespace) -> int:
+    from scalereg.sample_data import fetch_sample_data
+
+    volumes = fetch_sample_data(args.names or None, cache_dir=args.cache_dir)
+    for name, volume in volumes.items():
+        extra = "".join(f"\n    {key}: {path}" for key, path in volume.extra.items())
+        print(f"{name}: {volume.path}{extra}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """The pipeline as far as it exists, on the sample mouse brain."""
+    from scalereg.sample_data import fetch_sample_data
+
+    mouse = fetch_sample_data(["mouse"])["mouse"]
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / "mouse.ome.zarr"
+    options = {
+        "spacing": list(mouse.spacing) if mouse.spacing else None,
+        "unit": mouse.unit,
+        "orientation": mouse.orientation,
+        "ngff_version": "0.5",
+        "chunks": 64,
+        "shards": None,
+        "labels": False,
+        "memory_budget": "256MiB",
+    }
+    print(f"sample: {mouse.path}")
+    code = _run_convert_flow(str(mouse.path), str(target), options, overwrite=True, cluster=args.cluster)
+    if code:
+        return code
+    _info(argparse.Namespace(path=str(target), json=False))
+    return _validate(argparse.Namespace(path=str(target)))
+
+
+def _path_or_uri(text: str) -> str:
+    return text if "://" in text else os.path.abspath(text)
+
+
+def _quiet_prefect() -> None:
+    # No internet here: telemetry would only fill the log with errors.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

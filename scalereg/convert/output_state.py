@@ -1,0 +1,75 @@
+"""The life of a conversion's output: create or resume it, record levels, finish it."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import numpy as np
+
+from scalereg.convert.plan_conversion import ConversionPlan
+from scalereg.convert.run_block import PROGRESS_DIR
+from scalereg.errors import InputError
+from scalereg.omezarr.create_pyramid_store import STATUS_KEY, create_pyramid_store, mark_complete, mark_level_complete
+from scalereg.storage import exists, join, open_group, redact_uri, remove_tree
+
+OutputState = Literal["new", "resume", "complete"]
+
+
+def prepare_output(plan: ConversionPlan, overwrite: bool = False) -> OutputState:
+    """Create the output store, or recognise an earlier run of the same conversion.
+
+    An existing output written by the same conversion (same fingerprint) is resumed
+    (``"resume"``) or, if finished, left alone (``"complete"``).  Anything else in
+    the way is refused unless ``overwrite``.
+    """
+    options = plan.storage_options
+    if exists(plan.output, options):
+        if not overwrite:
+            status = _status(plan.output, options)
+            if status.get("fingerprint") == plan.fingerprint:
+                return "complete" if status.get("status") == "complete" else "resume"
+            raise InputError(plan.output, "output already exists; pass --overwrite (overwrite=True) to replace it")
+        remove_tree(plan.output, options)
+    provenance = {
+        "source": redact_uri(plan.source.uri),
+        "source_format": type(plan.source).__name__,
+        "notes": list(plan.notes),
+    }
+    create_pyramid_store(plan.output, plan.layout, storage_options=options, provenance=provenance)
+    group = open_group(plan.output, mode="r+", storage_options=options)
+    status = dict(group.attrs[STATUS_KEY])
+    status["fingerprint"] = plan.fingerprint
+    group.attrs[STATUS_KEY] = status
+    return "new"
+
+
+def finish_level(plan: ConversionPlan, level: int, results: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+    """Record level ``level`` as complete and return its row for the level table."""
+    spec = plan.layout.levels[level]
+    row = {
+        "level": level,
+        "shape": list(spec.shape),
+        "spacing": list(spec.scale),
+        "unit": plan.layout.geometry.unit,
+        "chunks": list(spec.chunks),
+        "bytes": int(math.prod(spec.shape) * np.dtype(plan.layout.dtype).itemsize),
+        "tasks": len(results),
+        "skipped": sum(1 for r in results if r.get("skipped")),
+        "seconds": round(seconds, 3),
+    }
+    mark_level_complete(plan.output, level, plan.storage_options, record={k: row[k] for k in ("tasks", "seconds")})
+    return row
+
+
+def finish_conversion(plan: ConversionPlan) -> None:
+    """Drop the per-block markers and mark the output complete (the last write)."""
+    remove_tree(join(plan.output, PROGRESS_DIR), plan.storage_options)
+    mark_complete(plan.output, plan.storage_options)
+
+
+def _status(uri: str, options: dict[str, Any] | None) -> dict[str, Any]:
+    try:
+        return dict(open_group(uri, mode="r", storage_options=options).attrs.get(STATUS_KEY, {}))
+    except Exception:  # not a zarr group at all: treat as foreign content
+        return {}

@@ -1,0 +1,198 @@
+"""Decide, before anything runs, what converting a volume will write and in which blocks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any, Sequence
+
+import numpy as np
+
+from scalereg.blocks import Block, aligned_blocks, grow_block
+from scalereg.errors import InputError, MemoryBudgetError
+from scalereg.geometry import Geometry, parse_spacing, parse_unit
+from scalereg.io import Source, open_source
+from scalereg.omezarr.pyramid_layout import NgffVersion, PyramidLayout, pyramid_layout
+from scalereg.orientation import parse_orientation
+from scalereg.pyramid.downsample_block import bytes_per_output_voxel, method_for
+from scalereg.pyramid.level_schedule import level_schedule
+from scalereg.storage import is_remote, normalize_uri
+from scalereg.units import format_bytes, parse_bytes
+
+DEFAULT_MEMORY_BUDGET = "256MiB"
+# Copying a block holds the source's read buffer, the array handed to zarr and
+# zarr's encode buffers: about three copies of the block.
+COPY_BYTES_PER_VOXEL_FACTOR = 3
+
+
+@dataclass(frozen=True)
+class LevelPlan:
+    index: int
+    kind: str  # "copy" (level 0 from the source) or "downsample"
+    blocks: tuple[Block, ...]
+    block_shape: tuple[int, int, int]
+    bytes_per_task: int
+
+
+@dataclass(frozen=True)
+class ConversionPlan:
+    """What a conversion will do: the source, the output layout, the blocks of every level."""
+
+    source: Source
+    output: str
+    layout: PyramidLayout
+    method: str
+    levels: tuple[LevelPlan, ...]
+    memory_budget: int
+    fingerprint: str
+    notes: tuple[str, ...] = ()
+    storage_options: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def tasks(self) -> int:
+        return sum(len(level.blocks) for level in self.levels)
+
+    def for_tasks(self) -> "ConversionPlan":
+        """This plan without its block lists: what each block task needs to be sent."""
+        return replace(self, levels=tuple(replace(level, blocks=()) for level in self.levels))
+
+    def summary(self) -> list[dict[str, Any]]:
+        """One row per level: what a person wants to see before the run."""
+        rows = []
+        for level, spec in zip(self.levels, self.layout.levels):
+            rows.append(
+                {
+                    "level": level.index,
+                    "shape": "x".join(map(str, spec.shape)),
+                    "spacing": "x".join(f"{s:g}" for s in spec.scale) + f" {self.layout.geometry.unit}",
+                    "chunks": "x".join(map(str, spec.chunks)),
+                    "bytes": math.prod(spec.shape) * np.dtype(self.layout.dtype).itemsize,
+                    "tasks": len(level.blocks),
+                    "memory_per_task": format_bytes(level.bytes_per_task),
+                }
+            )
+        return rows
+
+
+def resolve_geometry(
+    source: Source,
+    spacing: Sequence[float] | None = None,
+    unit: str | None = None,
+    orientation: str | None = None,
+    origin: Sequence[float] | None = None,
+) -> Geometry:
+    """The source's own spatial metadata with the user's overrides applied.
+
+    A source without spacing (TIFF) and none given is an error, not a guess.
+    """
+    if spacing is None and source.spacing is None:
+        raise InputError(source.uri, "the file stores no voxel spacing; give it (e.g. --spacing 4 1.8 1.8 --unit micrometer)")
+    resolved_unit = parse_unit(unit, "unit") if unit is not None else (source.unit or "micrometer")
+    return Geometry(
+        spacing=parse_spacing(spacing, "spacing") if spacing is not None else source.spacing,  # type: ignore[arg-type]
+        origin=tuple(origin) if origin is not None else (source.origin or (0.0, 0.0, 0.0)),  # type: ignore[arg-type]
+        unit=resolved_unit,
+        orientation=parse_orientation(orientation) if orientation is not None else source.orientation,
+        notes=source.notes,
+    )
+
+
+def plan_conversion(
+    source: str | Source,
+    output: str,
+    spacing: Sequence[float] | None = None,
+    unit: str | None = None,
+    orientation: str | None = None,
+    origin: Sequence[float] | None = None,
+    ngff_version: NgffVersion = "0.5",
+    chunks: int | Sequence[int] = 128,
+    shards: int | Sequence[int] | None = None,
+    labels: bool = False,
+    min_size: int = 32,
+    max_levels: int | None = None,
+    memory_budget: str | int = DEFAULT_MEMORY_BUDGET,
+    storage_options: dict[str, Any] | None = None,
+    source_storage_options: dict[str, Any] | None = None,
+) -> ConversionPlan:
+    """Plan the conversion of ``source`` into an OME-Zarr pyramid at ``output``.
+
+    Opens only the source's header.  Raises InputError for bad input and
+    MemoryBudgetError when one chunk of work would not fit the budget.
+    """
+    src = source if isinstance(source, Source) else open_source(str(source), storage_options=source_storage_options)
+    output = normalize_uri(output)
+    if not is_remote(output) and not is_remote(src.uri):
+        source_path = os.path.abspath(src.uri)
+        if output == source_path or output.startswith(source_path.rstrip("/") + "/"):
+            raise InputError(output, "output lies inside the input; choose another output path")
+    if labels and np.issubdtype(src.dtype, np.floating):
+        raise InputError(src.uri, f"a label image must have an integer type, not {src.dtype}")
+    geometry = resolve_geometry(src, spacing, unit, orientation, origin)
+    factors = level_schedule(src.shape, geometry.spacing, min_size=min_size, max_levels=max_levels)
+    name = os.path.basename(str(output).rstrip("/")).split(".")[0] or "image"
+    layout = pyramid_layout(
+        src.shape, src.dtype, geometry, factors, chunks=chunks, shards=shards, ngff_version=ngff_version, labels=labels, name=name
+    )
+    method = method_for(labels)
+    budget = parse_bytes(memory_budget)
+    itemsize = np.dtype(layout.dtype).itemsize
+    levels = []
+    for index, level in enumerate(layout.levels):
+        unit_shape = level.shards or level.chunks  # tasks never share a chunk or a shard
+        if index == 0:
+            kind, per_voxel = "copy", COPY_BYTES_PER_VOXEL_FACTOR * itemsize
+        else:
+            kind, per_voxel = "downsample", bytes_per_output_voxel(itemsize, level.factors, method)
+        unit_bytes = math.prod(unit_shape) * per_voxel
+        if unit_bytes > budget:
+            raise MemoryBudgetError(
+                "memory-budget",
+                f"{format_bytes(budget)} is too small: one {'x'.join(map(str, unit_shape))} block of level {index} "
+                f"needs about {format_bytes(unit_bytes)}; raise the budget or use smaller --chunks",
+            )
+        shape = grow_block(level.shape, unit_shape, per_voxel, budget)
+        blocks = tuple(aligned_blocks(level.shape, shape))
+        levels.append(
+            LevelPlan(
+                index=index,
+                kind=kind,
+                blocks=blocks,
+                block_shape=shape,
+                bytes_per_task=int(math.prod(min(s, n) for s, n in zip(shape, level.shape)) * per_voxel),
+            )
+        )
+    fingerprint = _fingerprint(src, layout, method)
+    return ConversionPlan(
+        source=src,
+        output=output,
+        layout=layout,
+        method=method,
+        levels=tuple(levels),
+        memory_budget=budget,
+        fingerprint=fingerprint,
+        notes=tuple(geometry.notes),
+        storage_options=storage_options,
+    )
+
+
+def _fingerprint(source: Source, layout: PyramidLayout, method: str) -> str:
+    """Identity of a conversion: the same source file and the same layout give the same value."""
+    identity: dict[str, Any] = {
+        "source": source.uri,
+        "shape": list(source.shape),
+        "dtype": str(source.dtype),
+        "layout": {
+            "dtype": layout.dtype,
+            "ngff": layout.ngff_version,
+            "geometry": [layout.geometry.spacing, layout.geometry.origin, layout.geometry.unit, layout.geometry.orientation],
+            "levels": [[l.shape, l.chunks, l.shards] for l in layout.levels],
+        },
+        "method": method,
+    }
+    if not is_remote(source.uri) and os.path.exists(source.uri):
+        stat = os.stat(source.uri)
+        identity["stat"] = [stat.st_size, stat.st_mtime_ns]
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=list).encode()).hexdigest()[:16]

@@ -1,0 +1,21 @@
+"""Errors that scalereg raises on purpose.
+
+`InputError` is a user error: bad input, bad parameter, an output that already
+exists.  The CLI prints it as one line and exits with code 2; flows fail with its
+message; tasks never retry it.  Anything else is a bug or a transient fault.
+"""
+
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """Bad input from the user; the message names the input and the problem."""
+
+    def __init__(self, subject: str, problem: str) -> None:
+        self.subject = str(subject)
+        self.problem = problem
+        super().__init__(f"{self.subject}: {problem}")
+
+
+class MemoryBudgetError(InputError):
+    """The work cannot be done within the memory budget the user gave."""

@@ -1,0 +1,138 @@
+"""NIfTI-1/2 volumes (.nii, .nii.gz), read region by region through nibabel's array proxy."""
+
+from __future__ import annotations
+
+import os
+import zlib
+
+import nibabel as nib
+import numpy as np
+from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
+from nibabel.volumeutils import apply_read_scaling
+
+from scalereg.errors import InputError
+from scalereg.geometry import geometry_from_lps, parse_unit
+from scalereg.io.source import Region, Source, check_shape
+from scalereg.storage import normalize_uri
+
+# What nibabel raises on a damaged file: a short .nii gives ValueError ("not enough
+# data in file"), a cut .nii.gz EOFError, a damaged gzip stream zlib.error/OSError.
+_CORRUPT = (ImageFileError, HeaderDataError, EOFError, OSError, ValueError, zlib.error)
+
+# NIfTI stores coordinates RAS+; ITK/ANTs (and scalereg) use LPS+.
+_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
+
+
+class NiftiSource(Source):
+    """A NIfTI volume as a (z, y, x) = (k, j, i) array.
+
+    Only the header is parsed at open; ``read`` slices nibabel's array proxy so an
+    uncompressed file reads just the bytes of the region.  A .nii.gz has no random
+    access: every read decompresses from the start of the file up to the region's
+    last voxel, so read it in whole z-slabs, in increasing z.
+
+    Values are returned scaled by scl_slope/scl_inter exactly as ``img.dataobj``
+    does, so a scaled int16 file reads as float64 (nibabel's choice, not ours).
+    """
+
+    def __init__(self, uri: str) -> None:
+        self.uri = normalize_uri(uri)
+        img = self._load()
+        header = img.header
+        shape = tuple(int(s) for s in img.shape)
+        # (x, y, z, 1) is a 3D volume saved as a single-frame series
+        while len(shape) > 3 and shape[-1] == 1:
+            shape = shape[:-1]
+        self._ndim_on_disk = len(img.shape)
+        x, y, z = check_shape(shape, self.uri)
+        self.shape = (z, y, x)
+        self.dtype = _scaled_dtype(img.dataobj)
+        self._check_size(img)
+
+        self.unit = _unit(header, self.uri)
+        notes: list[str] = []
+        if int(header["sform_code"]) == 0 and int(header["qform_code"]) == 0:
+            # nibabel would invent an affine from pixdim; the file states no position
+            # or orientation, so report them as unknown and let the user give them.
+            zooms = tuple(float(v) for v in header.get_zooms()[:3][::-1])
+            self.spacing = zooms if all(v > 0 for v in zooms) else None
+            notes.append(f"{self.uri}: neither sform nor qform is set; orientation and origin are unknown")
+        else:
+            affine = np.asarray(img.affine, dtype=float)
+            linear = _RAS_TO_LPS @ affine[:3, :3]
+            geometry = geometry_from_lps(
+                spacing=np.linalg.norm(affine[:3, :3], axis=0)[::-1],
+                origin_lps=_RAS_TO_LPS @ affine[:3, 3],
+                direction_lps=linear[:, ::-1],
+                unit=self.unit,
+                subject=self.uri,
+            )
+            self.spacing = geometry.spacing
+            self.origin = geometry.origin
+            self.orientation = geometry.orientation
+            notes.extend(geometry.notes)
+        self.notes = tuple(notes)
+        self._img: nib.Nifti1Image | None = img
+
+    def _load(self) -> nib.Nifti1Image:
+        try:
+            return nib.load(self.uri)
+        except FileNotFoundError:
+            raise InputError(self.uri, "no such file or directory") from None
+        except _CORRUPT as error:
+            raise InputError(self.uri, f"not a readable NIfTI file: {error}") from None
+
+    def _check_size(self, img: nib.Nifti1Image) -> None:
+        """Fail at open, not halfway through a conversion, when a .nii is short."""
+        if self.uri.lower().endswith(".gz"):
+            return  # the uncompressed size is only known by decompressing
+        proxy = img.dataobj
+        needed = int(proxy.offset) + int(np.prod(proxy.shape)) * proxy.dtype.itemsize
+        actual = os.path.getsize(self.uri)
+        if actual < needed:
+            raise InputError(self.uri, f"file is truncated: {actual} bytes, the header needs {needed}")
+
+    def read(self, region: Region) -> np.ndarray:
+        zs, ys, xs = region
+        # nibabel indexes (i, j, k) = (x, y, z); extra singleton axes are dropped
+        index = (xs, ys, zs) + (0,) * (self._ndim_on_disk - 3)
+        try:
+            block = self._image().dataobj[index]
+        except _CORRUPT as error:
+            raise InputError(self.uri, f"file is truncated or corrupt: {error}") from None
+        return np.ascontiguousarray(np.transpose(block, (2, 1, 0)), dtype=self.dtype)
+
+    def _image(self) -> nib.Nifti1Image:
+        if self._img is None:
+            self._img = self._load()
+        return self._img
+
+    def close(self) -> None:
+        self._img = None
+
+    def __getstate__(self) -> dict:
+        # the image re-parses its header on first use after unpickling
+        return {**self.__dict__, "_img": None}
+
+
+def _scaled_dtype(proxy: nib.arrayproxy.ArrayProxy) -> np.dtype:
+    """The dtype ``proxy[...]`` returns, computed the way ArrayProxy._get_scaled does.
+
+    It depends only on the stored dtype and the scale factors, never on the data, so
+    it is found with an empty array instead of a read.
+    """
+    slope = np.asanyarray(proxy.slope)
+    inter = np.asanyarray(proxy.inter)
+    if np.can_cast(inter, slope.dtype):
+        inter = inter.astype(slope.dtype)
+    # native byte order: a big-endian file should not leak '>i2' into the pipeline
+    return apply_read_scaling(np.zeros(1, dtype=proxy.dtype), slope, inter).dtype.newbyteorder("=")
+
+
+def _unit(header: nib.Nifti1Header, subject: str) -> str:
+    """Space unit from xyzt_units; NIfTI's convention is millimetres when unset."""
+    unit, _ = header.get_xyzt_units()
+    if unit in ("unknown", None):
+        return "millimeter"
+    return parse_unit(unit, subject)

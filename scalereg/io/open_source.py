@@ -1,0 +1,128 @@
+"""Pick the reader for a volume from its name and, for directories and buckets, its content."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import fsspec
+
+from scalereg.errors import InputError
+from scalereg.io.source import Source
+from scalereg.storage import filesystem, is_remote, normalize_uri
+
+SUPPORTED_FORMATS = (
+    "NIfTI (.nii, .nii.gz)",
+    "TIFF stack (.tif, .tiff)",
+    "directory or glob pattern of 2D TIFF slices",
+    "NRRD (.nrrd, .nhdr)",
+    "MetaImage (.mha, .mhd)",
+    "OME-Zarr image",
+    "Zarr array",
+)
+
+
+def open_source(uri: str, storage_options: dict[str, Any] | None = None) -> Source:
+    """The `Source` for ``uri``: a local file, directory or glob pattern, or a Zarr URL.
+
+    Files are recognised by extension; directories and remote URLs by their Zarr
+    metadata (OME ``multiscales`` -> OmeZarrSource, an array -> ZarrArraySource)
+    or, for a local directory, by holding TIFF slices.  Remote storage (s3://,
+    gs://, ...) is supported for Zarr only; ``storage_options`` go to fsspec.
+    """
+    if is_remote(str(uri)):
+        return _open_remote(str(uri), storage_options)
+    # absolute, so that a reader pickled to a worker with another cwd still finds it
+    uri = normalize_uri(uri)
+    # imported here so that importing scalereg.io does not load every format library
+    from scalereg.io.itk_source import ITK_SUFFIXES, ItkSource
+    from scalereg.io.nifti_source import NiftiSource
+    from scalereg.io.tiff_source import TIFF_SUFFIXES, TiffSource
+
+    if any(c in uri for c in "*?[") and not os.path.exists(uri):
+        return TiffSource(uri)
+    if not os.path.exists(uri):
+        raise InputError(uri, "no such file or directory")
+    name = uri.rstrip("/\\").lower()
+    if os.path.isdir(uri):
+        kind = _zarr_kind(fsspec.filesystem("file"), uri)
+        if kind is not None:
+            return _open_zarr(uri, kind, None)
+        if any(entry.lower().endswith(TIFF_SUFFIXES) for entry in os.listdir(uri)):
+            return TiffSource(uri)
+        raise _unknown_format(uri, "directory holds neither Zarr metadata nor .tif/.tiff files")
+    if name.endswith((".nii", ".nii.gz")):
+        return NiftiSource(uri)
+    if name.endswith(TIFF_SUFFIXES):
+        return TiffSource(uri)
+    if name.endswith(ITK_SUFFIXES):
+        return ItkSource(uri)
+    raise _unknown_format(uri, "unrecognised file extension")
+
+
+def _open_remote(uri: str, storage_options: dict[str, Any] | None) -> Source:
+    try:
+        fs, path = filesystem(uri, storage_options)
+    except (ImportError, ValueError) as error:
+        raise InputError(uri, f"cannot open this URL: {error}") from None
+    if not fs.exists(path):
+        raise InputError(uri, "no such file or directory")
+    kind = _zarr_kind(fs, path)
+    if kind is None:
+        raise _unknown_format(uri, "remote storage is supported for Zarr and OME-Zarr only, and no Zarr metadata was found")
+    return _open_zarr(uri, kind, storage_options)
+
+
+def _open_zarr(uri: str, kind: str, storage_options: dict[str, Any] | None) -> Source:
+    if kind == "ome":
+        from scalereg.io.ome_zarr_source import OmeZarrSource
+
+        return OmeZarrSource(uri, storage_options=storage_options)
+    if kind == "array":
+        from scalereg.io.zarr_source import ZarrArraySource
+
+        return ZarrArraySource(uri, storage_options=storage_options)
+    raise InputError(
+        uri,
+        "Zarr group without OME 'multiscales' metadata: give the path of an array inside it, "
+        "or an OME-Zarr image",
+    )
+
+
+def _zarr_kind(fs: fsspec.AbstractFileSystem, path: str) -> str | None:
+    """'ome', 'array' or 'group' from the Zarr metadata at ``path``; None if there is none."""
+    path = path.rstrip("/")
+    v3 = _read_json(fs, f"{path}/zarr.json")
+    if v3 is not None:
+        if v3.get("node_type") == "array":
+            return "array"
+        attributes = v3.get("attributes") or {}
+        ome = attributes.get("ome") or {}
+        return "ome" if "multiscales" in ome or "multiscales" in attributes else "group"
+    if fs.exists(f"{path}/.zarray"):
+        return "array"
+    attributes = _read_json(fs, f"{path}/.zattrs") or {}
+    if "multiscales" in attributes:
+        return "ome"
+    if fs.exists(f"{path}/.zgroup"):
+        return "group"
+    return None
+
+
+def _read_json(fs: fsspec.AbstractFileSystem, path: str) -> dict | None:
+    # asked first: under a file, some filesystems raise other errors than FileNotFoundError
+    if not fs.isfile(path):
+        return None
+    try:
+        with fs.open(path, "rb") as fh:
+            document = json.load(fh)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        raise InputError(path, f"unreadable Zarr metadata: {error}") from None
+    return document if isinstance(document, dict) else None
+
+
+def _unknown_format(uri: str, reason: str) -> InputError:
+    return InputError(uri, f"{reason}; supported formats: {', '.join(SUPPORTED_FORMATS)}")

@@ -1,0 +1,54 @@
+"""Build one block of pyramid level k+1 from level k on disk."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import zarr
+
+from scalereg.blocks import Block, block_slices
+from scalereg.pyramid.methods import METHODS, gaussian_halo
+
+
+def method_for(labels: bool) -> str:
+    return "mode" if labels else "gaussian"
+
+
+def input_halo(method: str, factors: tuple[int, ...]) -> tuple[int, ...]:
+    return gaussian_halo(factors) if method == "gaussian" else (0,) * len(factors)
+
+
+def bytes_per_output_voxel(itemsize: int, factors: tuple[int, ...], method: str) -> float:
+    """Estimated peak bytes per output voxel of `downsample_block` (for block sizing).
+
+    The input footprint is prod(factors) voxels per output voxel, held once in its
+    own dtype and about twice as float32 (the working copy and one temporary); mode
+    needs its sorted copy and uint8 counts instead.
+    """
+    footprint = math.prod(factors)
+    if method == "gaussian":
+        return footprint * (itemsize + 8) + itemsize
+    return footprint * (3 * itemsize + 1) + itemsize
+
+
+def downsample_block(source: zarr.Array, target: zarr.Array, block: Block, factors: tuple[int, ...], method: str) -> dict[str, Any]:
+    """Write ``block`` (index ranges of ``target``) as ``source`` downsampled by ``factors``.
+
+    Reads exactly the footprint of the block plus the filter's halo, edge-padding
+    where the footprint passes the volume boundary, so a block's result equals the
+    same voxels of a whole-volume computation.
+    """
+    halo = input_halo(method, factors)
+    read, pad = [], []
+    for (o0, o1), f, h, n in zip(block, factors, halo, source.shape):
+        lo, hi = f * o0 - h, f * o1 + h
+        read.append(slice(max(lo, 0), min(hi, n)))
+        pad.append((max(0, -lo), max(0, hi - n)))
+    region = source[tuple(read)]
+    if any(p != (0, 0) for p in pad):
+        region = np.pad(region, pad, mode="edge")
+    result = METHODS[method](region, tuple(factors), halo, target.dtype)
+    target[block_slices(block)] = result
+    return {"voxels_read": int(region.size), "voxels_written": int(result.size)}

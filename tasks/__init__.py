@@ -1,0 +1,1 @@
+"""Thin Prefect tasks over the scalereg core: retries, failure states, artifacts."""

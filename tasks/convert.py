@@ -1,0 +1,28 @@
+"""Tasks of the conversion flow: one per block of a pyramid level."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from scalereg.blocks import Block
+from scalereg.convert import ConversionPlan, run_block
+from tasks.failures import fail_on_input_error, retry_transient
+
+
+@task(
+    name="convert-block",
+    task_run_name="level-{level}-{block_label}",
+    retries=3,
+    retry_delay_seconds=[2, 10, 30],
+    retry_condition_fn=retry_transient,
+    cache_policy=NO_CACHE,  # completion markers, not Prefect's cache, decide what is done
+)
+@fail_on_input_error
+def convert_block(plan: ConversionPlan, level: int, block: Block, block_label: str = "") -> dict[str, Any]:
+    """Write one block of one level (copy from the source, or downsample the level below)."""
+    return run_block(plan, level, block)
+
+

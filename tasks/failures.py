@@ -1,0 +1,55 @@
+"""How tasks fail: bad input once and cleanly, transient faults with retries."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, TypeVar
+
+from prefect.states import Failed
+
+from scalereg.errors import InputError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Name of the Failed state a task ends in when its input was bad.
+BAD_INPUT = "BadInput"
+
+# Retried: I/O hiccups and lost connections.  Everything else (bugs, bad input) is not.
+TRANSIENT = (OSError, TimeoutError, ConnectionError)
+
+
+def fail_on_input_error(fn: F) -> F:
+    """Turn an InputError into a Failed state carrying its one-line message.
+
+    A returned Failed state is final: Prefect neither retries it nor logs a
+    traceback, which is what a user error deserves.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except InputError as error:
+            return Failed(name=BAD_INPUT, message=str(error))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """retry_condition_fn: retry only exceptions that may succeed on a second try."""
+    try:
+        state.result()
+    except InputError:
+        return False
+    except TRANSIENT:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+def bad_input_message(state: Any) -> str | None:
+    """The message of a task that failed on bad input, else None."""
+    if state is not None and state.is_failed() and state.name == BAD_INPUT:
+        return state.message or "bad input"
+    return None
