@@ -34,7 +34,7 @@ from scalereg.io.zarr_source import ZarrArraySource
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 
 
-def phantom(shape: tuple[int, ...], dtype: str = "uint16", seed: int = 0) -> np.ndarray:
+def distinct_volume(shape: tuple[int, ...], dtype: str = "uint16", seed: int = 0) -> np.ndarray:
     """Distinct values everywhere, so that a transposed or shifted read cannot pass."""
     values = np.random.default_rng(seed).permutation(int(np.prod(shape))) % np.iinfo(np.int16).max
     return values.reshape(shape).astype(dtype)
@@ -98,7 +98,7 @@ def write_nifti(path: Path, data_ijk: np.ndarray, affine: np.ndarray, **header: 
 
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
 def test_nifti_reads_regions_in_zyx_order(tmp_path: Path, suffix: str) -> None:
-    data = phantom((7, 9, 11), "int16")  # (i, j, k)
+    data = distinct_volume((7, 9, 11), "int16")  # (i, j, k)
     path = write_nifti(tmp_path / f"brain{suffix}", data, PERMUTED_AFFINE)
     source = NiftiSource(str(path))
     truth = data.transpose(2, 1, 0)
@@ -109,7 +109,7 @@ def test_nifti_reads_regions_in_zyx_order(tmp_path: Path, suffix: str) -> None:
 
 
 def test_nifti_geometry_matches_the_affine(tmp_path: Path) -> None:
-    path = write_nifti(tmp_path / "brain.nii.gz", phantom((7, 9, 11), "int16"), PERMUTED_AFFINE)
+    path = write_nifti(tmp_path / "brain.nii.gz", distinct_volume((7, 9, 11), "int16"), PERMUTED_AFFINE)
     source = NiftiSource(str(path))
     assert source.orientation == "prs"
     assert source.spacing == pytest.approx((3.0, 1.5, 2.0))
@@ -132,12 +132,12 @@ def test_nifti_geometry_matches_the_affine(tmp_path: Path) -> None:
     ],
 )
 def test_nifti_orientation_code_worked_by_hand(tmp_path: Path, affine: np.ndarray, code: str) -> None:
-    path = write_nifti(tmp_path / "brain.nii", phantom((4, 5, 6), "uint8"), affine)
+    path = write_nifti(tmp_path / "brain.nii", distinct_volume((4, 5, 6), "uint8"), affine)
     assert NiftiSource(str(path)).orientation == code
 
 
 def test_nifti_scaling_is_applied_like_nibabel(tmp_path: Path) -> None:
-    data = phantom((5, 6, 7), "int16")
+    data = distinct_volume((5, 6, 7), "int16")
     img = nib.Nifti1Image(data, np.eye(4))
     img.header.set_slope_inter(2.5, -1.0)
     path = tmp_path / "scaled.nii"
@@ -150,23 +150,25 @@ def test_nifti_scaling_is_applied_like_nibabel(tmp_path: Path) -> None:
 
 
 def test_nifti_big_endian_reads_native(tmp_path: Path) -> None:
-    data = phantom((5, 6, 7), ">i2")
+    data = distinct_volume((5, 6, 7), ">i2")
     path = write_nifti(tmp_path / "be.nii", data, np.eye(4))
     source = NiftiSource(str(path))
     assert source.dtype == np.dtype("int16") and source.dtype.isnative
     assert_reads(source, data.astype("int16").transpose(2, 1, 0))
 
 
-@pytest.mark.parametrize(("units", "expected"), [("micron", "micrometer"), ("mm", "millimeter"), ("unknown", "millimeter")])
+@pytest.mark.parametrize(
+    ("units", "expected"), [("micron", "micrometer"), ("mm", "millimeter"), ("unknown", "millimeter")]
+)
 def test_nifti_unit(tmp_path: Path, units: str, expected: str) -> None:
-    img = nib.Nifti1Image(phantom((4, 5, 6)), np.eye(4))
+    img = nib.Nifti1Image(distinct_volume((4, 5, 6)), np.eye(4))
     img.header.set_xyzt_units(units)
     nib.save(img, tmp_path / "u.nii")
     assert NiftiSource(str(tmp_path / "u.nii")).unit == expected
 
 
 def test_nifti_trailing_singleton_is_squeezed(tmp_path: Path) -> None:
-    data = phantom((4, 5, 6, 1))
+    data = distinct_volume((4, 5, 6, 1))
     path = write_nifti(tmp_path / "t1.nii.gz", data, np.eye(4))
     source = NiftiSource(str(path))
     assert source.shape == (6, 5, 4)
@@ -175,7 +177,7 @@ def test_nifti_trailing_singleton_is_squeezed(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("shape", [(4, 5, 6, 2), (4, 5)])
 def test_nifti_not_3d_is_refused(tmp_path: Path, shape: tuple[int, ...]) -> None:
-    path = write_nifti(tmp_path / "bad.nii", phantom(shape), np.eye(4))
+    path = write_nifti(tmp_path / "bad.nii", distinct_volume(shape), np.eye(4))
     with pytest.raises(InputError, match="expected a 3D volume") as error:
         NiftiSource(str(path))
     assert str(path) in str(error.value)
@@ -186,14 +188,14 @@ def test_nifti_oblique_affine_is_snapped_with_a_note(tmp_path: Path) -> None:
     rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
     affine = np.eye(4)
     affine[:3, :3] = rotation
-    path = write_nifti(tmp_path / "oblique.nii", phantom((4, 5, 6)), affine)
+    path = write_nifti(tmp_path / "oblique.nii", distinct_volume((4, 5, 6)), affine)
     source = NiftiSource(str(path))
     assert source.orientation == "ipl"
     assert len(source.notes) == 1 and "oblique" in source.notes[0] and str(path) in source.notes[0]
 
 
 def test_nifti_without_sform_or_qform_has_unknown_orientation(tmp_path: Path) -> None:
-    img = nib.Nifti1Image(phantom((4, 5, 6)), None)
+    img = nib.Nifti1Image(distinct_volume((4, 5, 6)), None)
     img.header.set_zooms((0.5, 0.6, 0.7))
     img.header.set_sform(None, code=0)
     img.header.set_qform(None, code=0)
@@ -211,7 +213,7 @@ def truncate(path: Path, keep: float) -> Path:
 
 
 def test_nifti_truncated_raw_fails_at_open(tmp_path: Path) -> None:
-    path = truncate(write_nifti(tmp_path / "cut.nii", phantom((20, 20, 20)), np.eye(4)), 0.5)
+    path = truncate(write_nifti(tmp_path / "cut.nii", distinct_volume((20, 20, 20)), np.eye(4)), 0.5)
     with pytest.raises(InputError, match="truncated") as error:
         NiftiSource(str(path))
     assert str(path) in str(error.value)
@@ -219,7 +221,7 @@ def test_nifti_truncated_raw_fails_at_open(tmp_path: Path) -> None:
 
 def test_nifti_truncated_gzip_fails_when_read(tmp_path: Path) -> None:
     # random data compresses poorly, so half the file is about half the voxels
-    path = truncate(write_nifti(tmp_path / "cut.nii.gz", phantom((20, 20, 20)), np.eye(4)), 0.5)
+    path = truncate(write_nifti(tmp_path / "cut.nii.gz", distinct_volume((20, 20, 20)), np.eye(4)), 0.5)
     source = NiftiSource(str(path))  # the header is intact: only the data tells
     np.testing.assert_array_equal(source.read((slice(0, 1), slice(0, 2), slice(0, 2))).shape, (1, 2, 2))
     with pytest.raises(InputError, match="truncated or corrupt") as error:
@@ -243,7 +245,7 @@ ITK_DIRECTION = (0.0, 0.0, 1.0, -1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
 
 
 def itk_phantom(dtype: str = "int16") -> tuple[sitk.Image, np.ndarray]:
-    truth = phantom((6, 7, 8), dtype)  # (z, y, x)
+    truth = distinct_volume((6, 7, 8), dtype)  # (z, y, x)
     image = sitk.GetImageFromArray(truth)
     image.SetSpacing((0.5, 0.7, 1.1))
     image.SetOrigin((10.0, -20.0, 30.0))
@@ -294,7 +296,7 @@ def test_itk_geometry_matches_simpleitk(tmp_path: Path, name: str, compress: boo
 
 def test_itk_identity_direction_is_iar(tmp_path: Path) -> None:
     # LPS identity: x -> left (index 0 right), y -> posterior (0 anterior), z -> superior (0 inferior)
-    sitk.WriteImage(sitk.GetImageFromArray(phantom((3, 4, 5))), str(tmp_path / "id.mha"))
+    sitk.WriteImage(sitk.GetImageFromArray(distinct_volume((3, 4, 5))), str(tmp_path / "id.mha"))
     assert ItkSource(str(tmp_path / "id.mha")).orientation == "iar"
 
 
@@ -318,7 +320,7 @@ def write_nrrd(path: Path, truth: np.ndarray, fields: dict[str, str], data: byte
 
 
 def test_nrrd_big_endian(tmp_path: Path) -> None:
-    truth = phantom((4, 5, 6), "int16")
+    truth = distinct_volume((4, 5, 6), "int16")
     path = write_nrrd(tmp_path / "be.nrrd", truth, {"endian": "big"}, truth.astype(">i2").tobytes())
     source = ItkSource(str(path))
     assert source.dtype.isnative
@@ -329,19 +331,19 @@ def test_nrrd_big_endian(tmp_path: Path) -> None:
     ("units", "expected"), [('"microns" "microns" "microns"', "micrometer"), ('"mm" "mm" "mm"', "millimeter")]
 )
 def test_nrrd_space_units_are_honoured(tmp_path: Path, units: str, expected: str) -> None:
-    path = write_nrrd(tmp_path / "u.nrrd", phantom((4, 5, 6), "int16"), {"space units": units})
+    path = write_nrrd(tmp_path / "u.nrrd", distinct_volume((4, 5, 6), "int16"), {"space units": units})
     assert ItkSource(str(path)).unit == expected
 
 
 def test_nrrd_unknown_space_units_leave_the_unit_to_the_user(tmp_path: Path) -> None:
-    path = write_nrrd(tmp_path / "u.nrrd", phantom((4, 5, 6), "int16"), {"space units": '"furlong" "mm" "mm"'})
+    path = write_nrrd(tmp_path / "u.nrrd", distinct_volume((4, 5, 6), "int16"), {"space units": '"furlong" "mm" "mm"'})
     source = ItkSource(str(path))
     assert source.unit is None
     assert any("space units" in note for note in source.notes)
 
 
 def test_nrrd_other_encodings_fall_back_to_itk_with_a_note(tmp_path: Path) -> None:
-    truth = phantom((4, 5, 6), "int16")
+    truth = distinct_volume((4, 5, 6), "int16")
     text = " ".join(str(v) for v in truth.ravel()).encode()
     path = write_nrrd(tmp_path / "ascii.nrrd", truth, {"encoding": "ascii"}, text)
     source = ItkSource(str(path))
@@ -389,7 +391,7 @@ def test_nrrd_truncated_raw_fails_at_open(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["cut.nrrd", "cut.mha"])
 def test_itk_truncated_compressed_fails_when_read(tmp_path: Path, name: str) -> None:
-    truth = phantom((30, 30, 30), "int16")
+    truth = distinct_volume((30, 30, 30), "int16")
     path = tmp_path / name
     sitk.WriteImage(sitk.GetImageFromArray(truth), str(path), True)
     truncate(path, 0.6)
@@ -422,7 +424,7 @@ TIFF_STACKS = {
 
 @pytest.mark.parametrize("kind", sorted(TIFF_STACKS))
 def test_tiff_stack_reads_regions(tmp_path: Path, kind: str) -> None:
-    truth = phantom((6, 33, 40))
+    truth = distinct_volume((6, 33, 40))
     path = tmp_path / f"stack-{kind}.tif"
     tifffile.imwrite(path, truth, **TIFF_STACKS[kind])
     source = TiffSource(str(path))
@@ -435,7 +437,7 @@ def test_tiff_stack_reads_regions(tmp_path: Path, kind: str) -> None:
 
 def test_tiff_pages_written_one_by_one(tmp_path: Path) -> None:
     # data interleaved with IFDs (as libtiff writers do): no contiguous block, each page raw
-    truth = phantom((5, 20, 30))
+    truth = distinct_volume((5, 20, 30))
     path = tmp_path / "pages.tif"
     with tifffile.TiffWriter(path) as tif:
         for plane in truth:
@@ -456,7 +458,7 @@ def write_slices(folder: Path, truth: np.ndarray, **kwargs: object) -> list[Path
 
 @pytest.mark.parametrize("compression", [None, "zlib"])
 def test_tiff_slice_directory_in_natural_order(tmp_path: Path, compression: str | None) -> None:
-    truth = phantom((12, 17, 23))
+    truth = distinct_volume((12, 17, 23))
     write_slices(tmp_path / "slices", truth, compression=compression)
     (tmp_path / "slices" / "._slice_3.tif").write_bytes(b"macOS resource fork")
     (tmp_path / "slices" / "notes.txt").write_text("ignored")
@@ -467,7 +469,7 @@ def test_tiff_slice_directory_in_natural_order(tmp_path: Path, compression: str 
 
 
 def test_tiff_glob_pattern(tmp_path: Path) -> None:
-    truth = phantom((11, 8, 9))
+    truth = distinct_volume((11, 8, 9))
     write_slices(tmp_path / "slices", truth)
     source = open_source(str(tmp_path / "slices" / "slice_*.tif"))
     assert isinstance(source, TiffSource)
@@ -483,7 +485,7 @@ def test_tiff_glob_matching_nothing(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("odd", [np.zeros((8, 10), np.uint16), np.zeros((8, 9), np.uint8)])
 def test_tiff_slices_that_differ_are_refused(tmp_path: Path, odd: np.ndarray) -> None:
-    paths = write_slices(tmp_path / "slices", phantom((4, 8, 9)))
+    paths = write_slices(tmp_path / "slices", distinct_volume((4, 8, 9)))
     tifffile.imwrite(paths[2], odd)
     with pytest.raises(InputError, match="slices differ") as error:
         TiffSource(str(tmp_path / "slices"))
@@ -491,7 +493,7 @@ def test_tiff_slices_that_differ_are_refused(tmp_path: Path, odd: np.ndarray) ->
 
 
 def test_tiff_rgb_slice_is_refused(tmp_path: Path) -> None:
-    paths = write_slices(tmp_path / "slices", phantom((3, 8, 9)))
+    paths = write_slices(tmp_path / "slices", distinct_volume((3, 8, 9)))
     tifffile.imwrite(paths[1], np.zeros((8, 9, 3), np.uint8), photometric="rgb")
     with pytest.raises(InputError, match="RGB") as error:
         TiffSource(str(tmp_path / "slices"))
@@ -534,7 +536,7 @@ def test_tiff_corrupt_file_is_refused(tmp_path: Path) -> None:
 
 def test_tiff_truncated_contiguous_stack_fails_at_open(tmp_path: Path) -> None:
     path = tmp_path / "cut.tif"
-    tifffile.imwrite(path, phantom((6, 30, 40)))
+    tifffile.imwrite(path, distinct_volume((6, 30, 40)))
     truncate(path, 0.6)
     with pytest.raises(InputError, match="truncated") as error:
         TiffSource(str(path))
@@ -542,7 +544,7 @@ def test_tiff_truncated_contiguous_stack_fails_at_open(tmp_path: Path) -> None:
 
 
 def test_tiff_truncated_compressed_slice_fails_when_read(tmp_path: Path) -> None:
-    truth = phantom((3, 40, 50))
+    truth = distinct_volume((3, 40, 50))
     paths = write_slices(tmp_path / "slices", truth, compression="zlib")
     data = paths[2].read_bytes()
     # keep the tags (tifffile writes them first) but destroy the compressed strip
@@ -569,7 +571,7 @@ def test_tiff_truncated_compressed_slice_fails_when_read(tmp_path: Path) -> None
     ],
 )
 def test_zarr_array_reads_regions(tmp_path: Path, layout: dict) -> None:
-    truth = phantom((7, 10, 13), "float32")
+    truth = distinct_volume((7, 10, 13), "float32")
     array = zarr.create_array(tmp_path / "a.zarr", shape=truth.shape, dtype=truth.dtype, **layout)
     array[:] = truth
     source = open_source(str(tmp_path / "a.zarr"))
@@ -590,7 +592,7 @@ def test_zarr_2d_array_is_refused(tmp_path: Path) -> None:
 
 def test_zarr_remote_url_with_storage_options(tmp_path: Path) -> None:
     # fsspec's in-memory filesystem stands in for a bucket: same URL path as s3://
-    truth = phantom((4, 5, 6))
+    truth = distinct_volume((4, 5, 6))
     url = f"memory://bucket/{tmp_path.name}/a.zarr"
     array = zarr.create_array(url, shape=truth.shape, dtype=truth.dtype, chunks=(2, 5, 6))
     array[:] = truth
@@ -604,10 +606,11 @@ def test_zarr_remote_url_with_storage_options(tmp_path: Path) -> None:
 
 def test_open_source_dispatches_by_extension(tmp_path: Path) -> None:
     # not (4, ...): tifffile writes a leading axis of 3 or 4 as colour samples
-    volume = phantom((5, 6, 7), "int16")
+    volume = distinct_volume((5, 6, 7), "int16")
     write_nifti(tmp_path / "a.nii", volume, np.eye(4))
     write_nifti(tmp_path / "a.nii.gz", volume, np.eye(4))
     tifffile.imwrite(tmp_path / "a.tiff", volume)
+    tifffile.imwrite(tmp_path / "b[1].TIF", volume)  # an existing name is not a glob pattern
     for name in ("a.nrrd", "a.mha", "a.mhd"):
         sitk.WriteImage(sitk.GetImageFromArray(volume), str(tmp_path / name))
     (tmp_path / "a.mha").rename(tmp_path / "b.MHA")  # extensions are case-insensitive
@@ -616,6 +619,7 @@ def test_open_source_dispatches_by_extension(tmp_path: Path) -> None:
         "a.nii": NiftiSource,
         "a.nii.gz": NiftiSource,
         "a.tiff": TiffSource,
+        "b[1].TIF": TiffSource,
         "a.nrrd": ItkSource,
         "b.MHA": ItkSource,
         "a.mhd": ItkSource,
@@ -684,3 +688,33 @@ def test_open_source_remote_is_zarr_only() -> None:
     assert url in str(error.value)
     with pytest.raises(InputError, match="no such file or directory"):
         open_source("memory://bucket/missing.zarr")
+
+
+def test_nrrd_without_space_has_unknown_orientation(tmp_path: Path) -> None:
+    truth = distinct_volume((4, 5, 6), "int16")
+    path = tmp_path / "bare.nrrd"
+    header = "NRRD0004\ntype: int16\ndimension: 3\nsizes: 6 5 4\nspacings: 0.5 0.6 0.7\n"
+    header += "endian: little\nencoding: raw\n\n"
+    path.write_bytes(header.encode() + truth.tobytes())
+    source = ItkSource(str(path))
+    assert source.orientation is None and source.origin is None
+    assert source.spacing == pytest.approx((0.7, 0.6, 0.5))
+    assert any("no 'space'" in note for note in source.notes)
+    assert_reads(source, truth)
+
+
+def test_itk_trailing_singleton_is_squeezed(tmp_path: Path) -> None:
+    truth = distinct_volume((1, 4, 5, 6))  # (t, z, y, x): ITK size (6, 5, 4, 1)
+    path = tmp_path / "t1.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(truth, isVector=False), str(path))
+    source = ItkSource(str(path))
+    assert source.shape == (4, 5, 6)
+    assert_reads(source, truth[0])
+
+
+def test_itk_true_4d_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "t2.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(distinct_volume((2, 4, 5, 6)), isVector=False), str(path))
+    with pytest.raises(InputError, match="expected a 3D volume") as error:
+        ItkSource(str(path))
+    assert str(path) in str(error.value)

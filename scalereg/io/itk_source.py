@@ -41,7 +41,7 @@ _DTYPES = {
 }
 _CORRUPT = (RuntimeError, OSError, EOFError, ValueError, zlib.error)
 # gzip data is skipped by decompressing into a buffer of this size, not all at once
-_SKIP_CHUNK = 16 << 20
+_SKIP_CHUNK = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,10 @@ class _NrrdData:
 
 class ItkSource(Source):
     """A NRRD or MetaImage volume as a (z, y, x) array in LPS physical space.
+
+    Compressed data has no random access: each read of a gzip NRRD or compressed
+    MetaImage decompresses from the start of the data up to the region's last
+    voxel, so read it in whole z-slabs.
 
     Unit: MetaImage has no unit field and NRRD's ``space units`` is optional; both
     are millimetres by ITK convention, so that is assumed unless a NRRD header says
@@ -106,6 +110,10 @@ class ItkSource(Source):
         self.origin = geometry.origin
         self.orientation = geometry.orientation
         notes.extend(geometry.notes)
+        if header is not None and "space" not in header[0] and "spacedirections" not in header[0]:
+            # ITK would call this LPS-aligned; the file only gives voxel sizes
+            self.origin = self.orientation = None
+            notes.append(f"{self.uri}: NRRD header has no 'space'; orientation and origin are unknown")
 
         self._nrrd: _NrrdData | None = None
         if header is not None:
@@ -149,10 +157,7 @@ class ItkSource(Source):
 
     def _read_raw(self, data: _NrrdData, zs: range, ys: range, xs: range) -> np.ndarray:
         volume = np.memmap(data.path, dtype=np.dtype(data.dtype), mode="r", offset=data.offset, shape=self.shape)
-        try:
-            return np.array(volume[zs.start : zs.stop, ys.start : ys.stop, xs.start : xs.stop], dtype=self.dtype)
-        finally:
-            del volume
+        return np.array(volume[zs.start : zs.stop, ys.start : ys.stop, xs.start : xs.stop], dtype=self.dtype)
 
     def _read_gzip(self, data: _NrrdData, zs: range, ys: range, xs: range) -> np.ndarray:
         dtype = np.dtype(data.dtype)

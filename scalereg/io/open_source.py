@@ -70,7 +70,9 @@ def _open_remote(uri: str, storage_options: dict[str, Any] | None) -> Source:
         raise InputError(uri, "no such file or directory")
     kind = _zarr_kind(fs, path)
     if kind is None:
-        raise _unknown_format(uri, "remote storage is supported for Zarr and OME-Zarr only, and no Zarr metadata was found")
+        raise _unknown_format(
+            uri, "remote storage is supported for Zarr and OME-Zarr only, and no Zarr metadata was found"
+        )
     return _open_zarr(uri, kind, storage_options)
 
 

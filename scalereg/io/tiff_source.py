@@ -7,6 +7,7 @@ import os
 import re
 import struct
 import zlib
+from typing import Any
 
 import numpy as np
 import tifffile
@@ -43,10 +44,11 @@ class TiffSource(Source):
         self._pages: tuple[int, ...] = ()
         # for a stack stored as one contiguous uncompressed block: (offset, dtype)
         self._contiguous: tuple[int, str] | None = None
-        if _is_pattern(self.uri) or os.path.isdir(self.uri):
-            self._open_slices(_slice_files(self.uri))
-        elif os.path.isfile(self.uri):
+        # an existing name wins over the pattern reading: 'brain[1].tif' is a file
+        if os.path.isfile(self.uri):
             self._open_stack()
+        elif os.path.isdir(self.uri) or _is_pattern(self.uri):
+            self._open_slices(_slice_files(self.uri))
         else:
             raise InputError(self.uri, "no such file or directory")
 
@@ -157,7 +159,7 @@ def _natural_key(path: str) -> list:
 
 
 def _slice_files(uri: str) -> list[str]:
-    if _is_pattern(uri):
+    if not os.path.isdir(uri):
         files = [f for f in glob.glob(uri) if os.path.isfile(f)]
     else:
         # hidden files skipped: macOS leaves '._slice_0001.tif' resource forks behind
@@ -213,7 +215,7 @@ def _read_page(tif: tifffile.TiffFile, page: tifffile.TiffPage, ys: range, xs: r
     return data[ys.start : ys.stop, xs.start : xs.stop]
 
 
-def _read_rows(fh, offset: int, dtype: np.dtype, plane: tuple[int, int], ys: range, xs: range) -> np.ndarray:
+def _read_rows(fh: Any, offset: int, dtype: np.dtype, plane: tuple[int, int], ys: range, xs: range) -> np.ndarray:
     """Rows ys of a raw C-order (Y, X) plane at ``offset``, cropped to xs."""
     row_bytes = plane[1] * dtype.itemsize
     fh.seek(offset + ys.start * row_bytes)

@@ -16,9 +16,9 @@ class ZarrArraySource(Source):
     """One Zarr array read as (z, y, x), with no spatial metadata.
 
     A bare array says nothing about spacing or orientation, so those stay None;
-    OME-Zarr images go through `OmeZarrSource` instead.  Reads aligned to
-    ``preferred_block`` (the chunk shape; the inner chunk for sharded arrays) fetch
-    no byte twice.
+    OME-Zarr images go through `OmeZarrSource` instead.  ``preferred_block`` is the
+    chunk shape (the inner chunk of a sharded array): reads aligned to it never
+    decode a chunk only to discard part of it.
     """
 
     def __init__(self, uri: str, storage_options: dict[str, Any] | None = None) -> None:

@@ -1,0 +1,47 @@
+"""Shared fixtures: synthetic phantoms and a real Prefect server for integration tests."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def phantom(shape: tuple[int, int, int], dtype: str = "uint16", seed: int = 0) -> np.ndarray:
+    """A brain-like test volume: smooth blobs over a dark background, deterministic."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"), axis=-1)
+    volume = np.zeros(shape, dtype=np.float64)
+    for _ in range(6):
+        centre = rng.uniform(-0.5, 0.5, size=3)
+        radius = rng.uniform(0.2, 0.5)
+        volume += np.exp(-np.sum((grid - centre) ** 2, axis=-1) / (2 * radius**2))
+    volume += 0.05 * rng.standard_normal(shape)
+    if np.issubdtype(np.dtype(dtype), np.integer):
+        top = min(np.iinfo(dtype).max, 4000)
+        return np.clip(volume / volume.max() * top, 0, top).astype(dtype)
+    return volume.astype(dtype)
+
+
+def label_phantom(shape: tuple[int, int, int], labels: int = 5, seed: int = 1) -> np.ndarray:
+    """Nested label regions with values that are not contiguous (0, 7, 14, ...)."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"), axis=-1)
+    out = np.zeros(shape, dtype=np.uint16)
+    for value in range(1, labels):
+        centre = rng.uniform(-0.4, 0.4, size=3)
+        inside = np.sum((grid - centre) ** 2, axis=-1) < rng.uniform(0.05, 0.3)
+        out[inside] = value * 7
+    return out
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A real temporary Prefect server (API + database) for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
