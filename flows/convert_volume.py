@@ -25,7 +25,7 @@ from scalereg.errors import InputError
 from scalereg.storage import redact_uri
 from tasks.artifacts import ProgressArtifact, artifact_key, publish_level_table, publish_report
 from tasks.convert import convert_block
-from tasks.failures import bad_input_message
+from tasks.failures import BAD_INPUT, bad_input_message
 
 
 @flow(name="convert-volume", log_prints=True)
@@ -63,7 +63,7 @@ def convert_volume(
             return_state=True,
         )
     if state.is_failed():
-        return Failed(message=state.message)
+        return Failed(name=state.name, message=state.message)
     return state.result()
 
 
@@ -116,9 +116,10 @@ def convert_volume_blocks(
                 ]
                 results = []
                 for future in as_completed(futures):
+                    future.result(raise_on_failure=False)  # waits; the state is final after this
                     failure = bad_input_message(future.state)
                     if failure:
-                        return Failed(message=failure)
+                        return Failed(name=BAD_INPUT, message=failure)
                     results.append(future.result())
                     bar.update(1)
                     progress.advance()
@@ -130,7 +131,7 @@ def convert_volume_blocks(
         publish_report(name, _report(plan, rows), f"Conversion of {redact_uri(plan.source.uri)}")
         return Completed(data={"output": plan.output, "state": state, "levels": rows}, message=f"wrote {plan.output}")
     except InputError as error:
-        return Failed(message=str(error))
+        return Failed(name=BAD_INPUT, message=str(error))
 
 
 def _report(plan, rows: list[dict[str, Any]]) -> str:

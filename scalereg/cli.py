@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from scalereg.errors import InputError
+from scalereg.errors import BAD_INPUT_STATE, InputError
 
 EXIT_USER_ERROR = 2
 
@@ -96,12 +96,15 @@ def _conversion_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from scalereg.convert import plan_conversion
+    from scalereg.convert import output_state, plan_conversion
 
     options = _conversion_options(args)
     # Plan here first: bad input fails in a second, before any cluster starts.
     plan = plan_conversion(args.input, args.output, **options)
+    state = output_state(plan, overwrite=args.overwrite)
     _print_plan(plan)
+    if state != "new":
+        print(f"{plan.output}: an earlier run of this conversion exists ({state}); it will be {'left as is' if state == 'complete' else 'resumed'}")
     if args.dry_run:
         return 0
     return _run_convert_flow(args.input, args.output, options, overwrite=args.overwrite, cluster=args.cluster)
@@ -114,7 +117,7 @@ def _run_convert_flow(source: str, output: str, options: dict[str, Any], overwri
     state = convert_volume(source=source, output=output, overwrite=overwrite, cluster=cluster, return_state=True, **options)
     if state.is_failed():
         print(f"scalereg: error: {state.message}", file=sys.stderr)
-        return EXIT_USER_ERROR if state.name == "Failed" and state.message else 1
+        return EXIT_USER_ERROR if state.name == BAD_INPUT_STATE else 1
     result = state.result()
     print(f"wrote {result['output']} ({result['state']})")
     return 0
@@ -221,9 +224,13 @@ def _path_or_uri(text: str) -> str:
     return text if "://" in text else os.path.abspath(text)
 
 
-def _quiet_prefect() -> None:
-    # No internet here: telemetry would only fill the log with errors.
+def _quiet_prefect(verbose: bool = False) -> None:
+    # Without internet, telemetry would only fill the log with errors.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The terminal shows a progress bar and warnings; every log line still reaches the
+    # Prefect API (and the UI) whatever the console shows.
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,10 @@ message; tasks never retry it.  Anything else is a bug or a transient fault.
 
 from __future__ import annotations
 
+# Name of the Failed state that tasks and flows end in when their input was bad;
+# the CLI maps it to exit code 2.
+BAD_INPUT_STATE = "BadInput"
+
 
 class InputError(ValueError):
     """Bad input from the user; the message names the input and the problem."""

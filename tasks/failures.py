@@ -7,12 +7,11 @@ from typing import Any, Callable, TypeVar
 
 from prefect.states import Failed
 
-from scalereg.errors import InputError
+from scalereg.errors import BAD_INPUT_STATE, InputError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# Name of the Failed state a task ends in when its input was bad.
-BAD_INPUT = "BadInput"
+BAD_INPUT = BAD_INPUT_STATE
 
 # Retried: I/O hiccups and lost connections.  Everything else (bugs, bad input) is not.
 TRANSIENT = (OSError, TimeoutError, ConnectionError)

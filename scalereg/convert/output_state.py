@@ -16,21 +16,29 @@ from scalereg.storage import exists, join, open_group, redact_uri, remove_tree
 OutputState = Literal["new", "resume", "complete"]
 
 
-def prepare_output(plan: ConversionPlan, overwrite: bool = False) -> OutputState:
-    """Create the output store, or recognise an earlier run of the same conversion.
+def output_state(plan: ConversionPlan, overwrite: bool = False) -> OutputState:
+    """What writing ``plan`` will do to its output, without touching it.
 
     An existing output written by the same conversion (same fingerprint) is resumed
-    (``"resume"``) or, if finished, left alone (``"complete"``).  Anything else in
-    the way is refused unless ``overwrite``.
+    (``"resume"``) or, if finished, left alone (``"complete"``); with ``overwrite``
+    anything in the way is replaced (``"new"``); otherwise it is refused.
     """
     options = plan.storage_options
-    if exists(plan.output, options):
-        if not overwrite:
-            status = _status(plan.output, options)
-            if status.get("fingerprint") == plan.fingerprint:
-                return "complete" if status.get("status") == "complete" else "resume"
-            raise InputError(plan.output, "output already exists; pass --overwrite (overwrite=True) to replace it")
-        remove_tree(plan.output, options)
+    if overwrite or not exists(plan.output, options):
+        return "new"
+    status = _status(plan.output, options)
+    if status.get("fingerprint") == plan.fingerprint:
+        return "complete" if status.get("status") == "complete" else "resume"
+    raise InputError(plan.output, "output already exists; pass --overwrite (overwrite=True) to replace it")
+
+
+def prepare_output(plan: ConversionPlan, overwrite: bool = False) -> OutputState:
+    """Create the output store (see `output_state` for what happens to an existing one)."""
+    options = plan.storage_options
+    state = output_state(plan, overwrite)
+    if state != "new":
+        return state
+    remove_tree(plan.output, options)
     provenance = {
         "source": redact_uri(plan.source.uri),
         "source_format": type(plan.source).__name__,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import zlib
 
@@ -85,10 +86,11 @@ class NiftiSource(Source):
 
     def _check_size(self, img: nib.Nifti1Image) -> None:
         """Fail at open, not halfway through a conversion, when a .nii is short."""
-        if self.uri.lower().endswith(".gz"):
-            return  # the uncompressed size is only known by decompressing
         proxy = img.dataobj
         needed = int(proxy.offset) + int(np.prod(proxy.shape)) * proxy.dtype.itemsize
+        if self.uri.lower().endswith(".gz"):
+            _check_gzip_size(self.uri, needed)
+            return
         actual = os.path.getsize(self.uri)
         if actual < needed:
             raise InputError(self.uri, f"file is truncated: {actual} bytes, the header needs {needed}")
@@ -114,6 +116,32 @@ class NiftiSource(Source):
     def __getstate__(self) -> dict:
         # the image re-parses its header on first use after unpickling
         return {**self.__dict__, "_img": None}
+
+
+def _check_gzip_size(path: str, needed: int) -> None:
+    """Catch a cut .nii.gz at open without decompressing it.
+
+    A gzip stream ends with its uncompressed size mod 2**32 (ISIZE).  When that does
+    not match what the header needs, the file is cut or holds several gzip members
+    (bgzip, concatenation); only then is the stream decompressed to tell which.
+    """
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        if handle.tell() < 18:
+            raise InputError(path, "file is truncated: too short to be gzip")
+        handle.seek(-4, os.SEEK_END)
+        isize = int.from_bytes(handle.read(4), "little")
+    if isize == needed % 2**32:
+        return
+    total = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            while chunk := stream.read(1 << 24):
+                total += len(chunk)
+    except (EOFError, OSError, zlib.error) as error:
+        raise InputError(path, f"file is truncated or corrupt: {error}") from None
+    if total < needed:
+        raise InputError(path, f"file is truncated: {total} bytes uncompressed, the header needs {needed}")
 
 
 def _scaled_dtype(proxy: nib.arrayproxy.ArrayProxy) -> np.dtype:

@@ -1,0 +1,151 @@
+"""The command line: bad input gets one line naming the input and exit code 2, and
+leaves nothing behind that looks complete; info, validate and dry runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from conftest import phantom
+from scalereg.cli import main
+
+
+@pytest.fixture
+def files(tmp_path):
+    volume = phantom((20, 24, 28), "uint16")
+    paths = {}
+    paths["tif"] = tmp_path / "stack.tif"
+    tifffile.imwrite(paths["tif"], volume)
+    paths["nii"] = tmp_path / "brain.nii.gz"
+    nib.save(nib.Nifti1Image(volume.transpose(2, 1, 0), np.diag([0.05, 0.05, 0.05, 1])), paths["nii"])
+    truncated = paths["nii"].read_bytes()
+    paths["truncated"] = tmp_path / "truncated.nii.gz"
+    paths["truncated"].write_bytes(truncated[: len(truncated) // 2])
+    paths["garbage"] = tmp_path / "garbage.nii"
+    paths["garbage"].write_bytes(b"this is not a nifti file" * 20)
+    paths["flat"] = tmp_path / "flat.tif"
+    tifffile.imwrite(paths["flat"], volume[0])
+    paths["4d"] = tmp_path / "4d.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6, 3), np.uint8), np.eye(4)), paths["4d"])
+    paths["empty"] = tmp_path / "empty.zarr"
+    zarr.create_array(str(paths["empty"]), shape=(0, 4, 4), dtype="uint8")
+    paths["mixed"] = tmp_path / "mixed"
+    paths["mixed"].mkdir()
+    tifffile.imwrite(paths["mixed"] / "z_0.tif", volume[0])
+    tifffile.imwrite(paths["mixed"] / "z_1.tif", volume[1, :10])
+    paths["existing"] = tmp_path / "existing.ome.zarr"
+    paths["existing"].mkdir()
+    return paths
+
+
+CASES = {
+    # name: (argv builder, text expected in the message, input named in the message)
+    "truncated file": (lambda p, o: ["convert", str(p["truncated"]), o], "truncated", "truncated"),
+    "not a volume": (lambda p, o: ["convert", str(p["garbage"]), o], "garbage.nii", "garbage"),
+    "2D input": (lambda p, o: ["convert", str(p["flat"]), o, "--spacing", "1", "1", "1"], "3D", "flat"),
+    "4D input": (lambda p, o: ["convert", str(p["4d"]), o], "3D", "4d"),
+    "zero-size axis": (lambda p, o: ["convert", str(p["empty"]), o, "--spacing", "1", "1", "1"], "empty axis", "empty"),
+    "zero spacing": (lambda p, o: ["convert", str(p["tif"]), o, "--spacing", "0", "1", "1"], "positive", "spacing"),
+    "negative spacing": (lambda p, o: ["convert", str(p["tif"]), o, "--spacing", "1", "-1", "1"], "positive", "spacing"),
+    "NaN spacing": (lambda p, o: ["convert", str(p["tif"]), o, "--spacing", "nan", "1", "1"], "positive", "spacing"),
+    "missing spacing": (lambda p, o: ["convert", str(p["tif"]), o], "no voxel spacing", "stack.tif"),
+    "unknown orientation": (lambda p, o: ["convert", str(p["nii"]), o, "--orientation", "xyz"], "unknown orientation", "orientation"),
+    "contradictory orientation": (lambda p, o: ["convert", str(p["nii"]), o, "--orientation", "aps"], "contradictory", "orientation"),
+    "unknown unit": (lambda p, o: ["convert", str(p["nii"]), o, "--unit", "parsec"], "unknown unit", "unit"),
+    "existing output": (lambda p, o: ["convert", str(p["nii"]), str(p["existing"])], "already exists", "existing.ome.zarr"),
+    "glob matches nothing": (lambda p, o: ["convert", str(p["mixed"] / "nothing_*.tif"), o, "--spacing", "1", "1", "1"], "match", "nothing_"),
+    "slices of different shapes": (lambda p, o: ["convert", str(p["mixed"]), o, "--spacing", "1", "1", "1"], "differ", "mixed"),
+    "missing file": (lambda p, o: ["convert", str(p["tif"]) + ".missing", o], "no such file", "missing"),
+    "memory budget too small": (lambda p, o: ["convert", str(p["nii"]), o, "--memory-budget", "1KiB"], "too small", "memory-budget"),
+    "bad memory budget": (lambda p, o: ["convert", str(p["nii"]), o, "--memory-budget", "lots"], "cannot read", "memory-budget"),
+    "shards with NGFF 0.4": (lambda p, o: ["convert", str(p["nii"]), o, "--ngff-version", "0.4", "--shards", "256"], "sharding", "shards"),
+    "unknown cluster": (lambda p, o: ["convert", str(p["nii"]), o, "--cluster", "mars"], "unknown cluster", "cluster"),
+    "info on a non-OME-Zarr": (lambda p, o: ["info", str(p["empty"])], "", "empty.zarr"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_gets_one_clear_line_and_exit_code_2(case, files, tmp_path, capsys):
+    build, expected, named = CASES[case]
+    out = str(tmp_path / "out.ome.zarr")
+    argv = build(files, out)
+    if case == "unknown cluster":
+        # the cluster is only looked up when the flow runs; check it without starting Prefect
+        from flows.cluster import cluster_spec
+        from scalereg.errors import InputError
+
+        with pytest.raises(InputError) as error:
+            cluster_spec("mars")
+        message = str(error.value)
+    else:
+        code = main(argv)
+        captured = capsys.readouterr()
+        assert code == 2, captured
+        lines = [line for line in captured.err.splitlines() if line.strip()]
+        assert len(lines) == 1, captured.err
+        message = lines[0]
+        assert message.startswith("scalereg: error: ")
+    assert expected.lower() in message.lower()
+    assert named.lower() in message.lower()
+    assert not os.path.exists(out), "a failed command must not leave an output behind"
+
+
+def test_no_traceback_reaches_the_user(files, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "scalereg.cli", "convert", str(files["truncated"]), str(tmp_path / "o.ome.zarr")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "truncated.nii.gz" in result.stderr
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(files, tmp_path, capsys):
+    out = tmp_path / "plan.ome.zarr"
+    assert main(["convert", str(files["tif"]), str(out), "--spacing", "4", "1", "1", "--chunks", "8", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "20 x 24 x 28 uint16" in printed
+    assert "memory/task" in printed
+    assert not out.exists()
+
+
+def test_info_and_validate(files, tmp_path, capsys):
+    from scalereg.convert import convert_volume
+
+    out = tmp_path / "brain.ome.zarr"
+    convert_volume(str(files["nii"]), str(out), chunks=8, min_size=4)
+    assert main(["info", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "status: complete" in printed and "millimeter" in printed and "20 x 24 x 28" in printed
+    assert main(["info", "--json", str(out)]) == 0
+    assert '"ngff_version": "0.5"' in capsys.readouterr().out
+    assert main(["validate", str(out)]) == 0
+    assert "valid" in capsys.readouterr().out
+    # break the voxel-centre promise: validate must notice
+    group = zarr.open_group(str(out), mode="r+")
+    ome = group.attrs["ome"]
+    ome["multiscales"][0]["datasets"][1]["coordinateTransformations"][1]["translation"] = [0.0, 0.0, 0.0]
+    group.attrs["ome"] = ome
+    assert main(["validate", str(out)]) == 1
+    assert "voxel centres" in capsys.readouterr().out
+
+
+def test_core_never_imports_prefect():
+    code = (
+        "import sys, scalereg, scalereg.io, scalereg.convert, scalereg.omezarr, scalereg.pyramid, "
+        "scalereg.sample_data, scalereg.cli\n"
+        "from scalereg.cli import main\n"
+        "main(['info', '/nonexistent'])\n"
+        "assert not any(m == 'prefect' or m.startswith('prefect.') for m in sys.modules), 'prefect imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
