@@ -87,22 +87,27 @@ def dask_cluster(cluster: str | None = None) -> Iterator[str]:
 def _shared_prefect_api() -> Iterator[None]:
     """Point worker processes started here at this process's Prefect API.
 
-    Without a configured PREFECT_API_URL, Prefect runs a temporary server per
-    process: every Dask worker would start its own (seconds each, and ~200 MB),
-    and their task runs would not reach the flow's server.
+    Workers inherit the environment, not Prefect's in-process settings: without
+    PREFECT_API_URL in the environment every Dask worker would start a temporary
+    server of its own (seconds each, ~200 MB) and its task runs would not reach the
+    flow's server.
     """
-    if PREFECT_API_URL.value():
-        yield
-        return
-    from prefect.server.api.server import SubprocessASGIServer
+    url = PREFECT_API_URL.value()
+    if not url:
+        from prefect.server.api.server import SubprocessASGIServer
 
-    server = SubprocessASGIServer()  # the one this process already uses
-    server.start()
-    os.environ["PREFECT_API_URL"] = server.api_url
+        server = SubprocessASGIServer()  # the temporary server this process already uses
+        server.start()
+        url = server.api_url
+    previous = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = url
     try:
         yield
     finally:
-        os.environ.pop("PREFECT_API_URL", None)
+        if previous is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = previous
 
 
 def runner_for(address: str) -> DaskTaskRunner:

@@ -149,3 +149,22 @@ def test_core_never_imports_prefect():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_bad_voxels_found_mid_run_exit_2_without_traceback(tmp_path):
+    volume = phantom((32, 32, 32), "float32")
+    volume[25, 3, 4] = np.nan
+    raw = tmp_path / "nan.zarr"
+    zarr.save_array(str(raw), volume)
+    out = tmp_path / "nan.ome.zarr"
+    result = subprocess.run(
+        [sys.executable, "-m", "scalereg.cli", "convert", str(raw), str(out), "--spacing", "1", "1", "1", "--chunks", "16"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("scalereg: error: ") and "NaN/Inf" in last and "nan.zarr" in last
+    assert zarr.open_group(str(out), mode="r").attrs["scalereg"]["status"] == "incomplete"
