@@ -294,6 +294,8 @@ class Measurement:
     levels: int
     returncode: int
     notes: list[str] = field(default_factory=list)
+    cpu_seconds: float = 0.0  # user + system, summed over the tree (last sample of each process)
+    cpu_roles: dict[str, float] = field(default_factory=dict)
 
     @property
     def mb_per_s(self) -> float:
@@ -321,7 +323,7 @@ def _process_label(proc, root_pid: int) -> str:
 
 
 def measure(name: str, cmd: list[str], volume: Volume, output: Path, env: dict[str, str], log: Path) -> Measurement:
-    """Run ``cmd`` once, sampling the RSS of its whole process tree every 0.1 s."""
+    """Run ``cmd`` once, sampling the RSS (and CPU time) of its whole process tree every 0.1 s."""
     import psutil
 
     read_through(volume.path)
@@ -330,6 +332,7 @@ def measure(name: str, cmd: list[str], volume: Volume, output: Path, env: dict[s
     peak_tree = peak_single = max_procs = 0
     peak_name = ""
     names: dict[int, str] = {}
+    cpu: dict[int, float] = {}  # last CPU seconds (user + system) seen per process
     with open(log, "w") as out:
         start = time.perf_counter()
         proc = psutil.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(output.parent))
@@ -342,14 +345,17 @@ def measure(name: str, cmd: list[str], volume: Volume, output: Path, env: dict[s
             total, count = 0, 0
             for p in procs:
                 try:
-                    rss = p.memory_info().rss
+                    with p.oneshot():
+                        rss = p.memory_info().rss
+                        times = p.cpu_times()
                 except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                     continue
+                if p.pid not in names:
+                    names[p.pid] = _process_label(p, proc.pid)
+                cpu[p.pid] = times.user + times.system
                 total += rss
                 count += 1
                 if rss > peak_single:
-                    if p.pid not in names:
-                        names[p.pid] = _process_label(p, proc.pid)
                     peak_single, peak_name = rss, names[p.pid]
             peak_tree = max(peak_tree, total)
             max_procs = max(max_procs, count)
@@ -359,7 +365,12 @@ def measure(name: str, cmd: list[str], volume: Volume, output: Path, env: dict[s
             time.sleep(SAMPLE_SECONDS)
         seconds = time.perf_counter() - start
     log.with_suffix(".rss.csv").write_text("t_s,tree_rss_bytes,processes\n" + "".join(f"{t},{r},{c}\n" for t, r, c in series))
+    roles: dict[str, float] = {}
+    for pid, used in cpu.items():
+        roles[names[pid]] = roles.get(names[pid], 0.0) + used
     m = Measurement(name, volume, seconds, peak_tree, peak_single, peak_name, max_procs, _count_levels(output), proc.returncode)
+    m.cpu_seconds = sum(roles.values())
+    m.cpu_roles = roles
     if proc.returncode:
         m.notes.append(f"FAILED (exit {proc.returncode}, see {log})")
     m.notes += _notes(name, output, log)
@@ -387,9 +398,11 @@ def _notes(name: str, output: Path, log: Path) -> list[str]:
         meta = output / "zarr.json"
         if meta.exists():
             status = json.loads(meta.read_text())["attributes"].get("scalereg", {})
-            inner = sum(entry.get("seconds", 0.0) for entry in status.get("levels_complete", []))
-            tasks = sum(entry.get("tasks", 0) for entry in status.get("levels_complete", []))
-            notes.append(f"{tasks} block tasks, levels {inner:.1f} s; status {status.get('status')}")
+            done = status.get("levels_complete", [])
+            inner = sum(entry.get("seconds", 0.0) for entry in done)
+            tasks = sum(entry.get("tasks", 0) for entry in done)
+            per_level = " + ".join(f"{entry.get('seconds', 0.0):.1f}" for entry in done)
+            notes.append(f"{tasks} block tasks; levels {inner:.1f} s ({per_level}); status {status.get('status')}")
     if name == "ngff-zarr" and result:
         notes.append(f"{result['method']}; to_multiscales {result['to_multiscales_s']} s, to_ngff_zarr {result['to_ngff_zarr_s']} s")
     return notes
@@ -466,13 +479,14 @@ def _gib(n: int) -> str:
 
 def table(rows: list[Measurement]) -> str:
     lines = [
-        "| run | input | wall (s) | MB/s | peak RSS, tree (GiB) | largest process (GiB) | processes | levels | notes |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "| run | input | wall (s) | MB/s | peak RSS, tree (GiB) | largest process (GiB) | processes | CPU (s) | levels | notes |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for m in rows:
         lines.append(
             f"| {m.name} | {m.volume.label} | {m.seconds:.1f} | {m.mb_per_s:.1f} | {_gib(m.peak_tree)} | "
-            f"{_gib(m.peak_single)} ({m.peak_single_name}) | {m.max_processes} | {m.levels} | {'; '.join(m.notes)} |"
+            f"{_gib(m.peak_single)} ({m.peak_single_name}) | {m.max_processes} | {m.cpu_seconds:.0f} | {m.levels} | "
+            f"{'; '.join(m.notes)} |"
         )
     return "\n".join(lines)
 
@@ -558,7 +572,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(m)
         print(
             f"{name}: {m.seconds:.1f} s, {m.mb_per_s:.1f} MB/s, peak RSS tree {_gib(m.peak_tree)} GiB, "
-            f"largest {_gib(m.peak_single)} GiB ({m.peak_single_name}), {m.levels} levels {'; '.join(m.notes)}",
+            f"largest {_gib(m.peak_single)} GiB ({m.peak_single_name}), {m.levels} levels, CPU "
+            + ", ".join(f"{role} {used:.1f} s" for role, used in sorted(m.cpu_roles.items(), key=lambda kv: -kv[1]))
+            + f"; {'; '.join(m.notes)}",
             flush=True,
         )
 
