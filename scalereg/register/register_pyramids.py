@@ -1,0 +1,401 @@
+"""Coarse-to-fine registration of two OME-Zarr pyramids with ANTs, step by step.
+
+The transform directory it writes (``out``)::
+
+    manifest.json                 written last: its presence means the directory is complete
+    forward/affine.mat            linear part, fixed -> moving points (ANTs format)
+    forward/warp.nii.gz           all displacement fields composed, on the finest SyN step's fixed grid
+    inverse/inverse_warp.nii.gz   their inverse, on the same grid
+    field.ome.zarr                forward/warp as OME-Zarr (axes c, z, y, x; LPS micrometers)
+    inverse_field.ome.zarr        inverse/inverse_warp as OME-Zarr
+    steps/NN-<transform>-<um>um/  each step's own transforms, qc.json and qc.png
+
+A fixed-space point p maps to moving space as ``affine(p + field(p))``:
+``ants.apply_transforms(fixed, moving, [forward/warp.nii.gz, forward/affine.mat])``
+resamples the moving image onto the fixed grid; ``[forward/affine.mat,
+inverse/inverse_warp.nii.gz]`` with ``whichtoinvert=[True, False]`` goes back.
+Physical units are micrometers in LPS, whatever the pyramids' units.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import zarr
+
+from scalereg import __version__
+from scalereg.errors import InputError
+from scalereg.measure import Measured
+from scalereg.omezarr.pyramid_layout import PyramidLayout
+from scalereg.omezarr.read_pyramid import read_pyramid
+from scalereg.omezarr.write_vector_field import write_vector_field
+from scalereg.register.ants_image import ants, from_ants_image, to_ants_image
+from scalereg.register.choose_level import choose_level
+from scalereg.register.plan_registration import PlannedStep, RegistrationPlan, plan_registration
+from scalereg.register.qc import foreground, jacobian_stats, qc_picture, similarity
+from scalereg.register.run_ants_step import run_ants_step
+from scalereg.register.schedule import RegistrationSchedule, load_schedule
+from scalereg.storage import is_remote, join, normalize_uri
+from scalereg.units import format_bytes, parse_bytes
+
+MANIFEST = "manifest.json"
+DEFAULT_MEMORY_BUDGET = "8GiB"
+# A step is rejected when its own metric gets worse by more than this (relative).
+WORSE_TOLERANCE = 1e-4
+MIN_OVERLAP = 0.05
+
+
+def register_pyramids(
+    fixed: str,
+    moving: str,
+    out: str,
+    schedule: str | Path | dict | RegistrationSchedule | None = None,
+    memory_budget: str | int = DEFAULT_MEMORY_BUDGET,
+    fixed_mask: str | None = None,
+    moving_mask: str | None = None,
+    normalize: bool = False,
+    clip_percentiles: tuple[float, float] = (0.5, 99.5),
+    overwrite: bool = False,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Register the ``moving`` pyramid to the ``fixed`` one; returns the manifest.
+
+    ``schedule`` is 'mouse' (default), 'human', a YAML/JSON file, a dict or a
+    `RegistrationSchedule`.  Steps run from coarse to fine, each started from the
+    transform the earlier ones found; the plan stops at the finest step that fits
+    ``memory_budget``.  Masks are OME-Zarr label/binary pyramids on the same grid as
+    their image.  ``normalize`` clips intensities to ``clip_percentiles`` and scales
+    them to [0, 1] (bright vessels, saturated spots in lightsheet data).  A step that
+    was already completed for the same inputs (an interrupted run) is reused.
+    """
+    fixed, moving, out = normalize_uri(fixed), normalize_uri(moving), normalize_uri(out)
+    if is_remote(out):
+        raise InputError(out, "the transform directory must be a local path for now")
+    layouts = {"fixed": read_pyramid(fixed), "moving": read_pyramid(moving)}
+    for name, layout in layouts.items():
+        status = (layout.attributes.get("status") or {}).get("status")
+        if status not in (None, "complete"):
+            raise InputError(fixed if name == "fixed" else moving, "pyramid is marked incomplete; finish its conversion first")
+    sched = load_schedule(schedule)
+    budget = parse_bytes(memory_budget)
+    plan = plan_registration(layouts["fixed"], layouts["moving"], sched, budget, fixed, moving)
+    if not plan.steps:
+        raise InputError("schedule", "no step of the schedule can run on these pyramids")
+
+    root = Path(out)
+    inputs_key = _inputs_key(fixed, moving, layouts, plan, fixed_mask, moving_mask, normalize, clip_percentiles)
+    _prepare_directory(root, inputs_key, overwrite)
+    if (root / MANIFEST).exists():
+        return json.loads((root / MANIFEST).read_text())
+
+    reader = _LevelReader(fixed, moving, layouts, normalize, clip_percentiles)
+    masks = _MaskReader(fixed_mask, moving_mask)
+    chain_warps: list[str] = []  # apply order: newest (finest) first
+    chain_inverse: list[str] = []  # apply order: oldest first
+    affine: str | None = None
+    total_warp: tuple[str, str] | None = None
+    results: list[dict[str, Any]] = []
+    for planned in plan.steps:
+        workdir = root / "steps" / planned.name
+        result, state = _run_or_reuse_step(
+            planned, workdir, inputs_key, reader, masks, chain_warps, chain_inverse, affine, layouts
+        )
+        if result["accepted"]:
+            affine = state["affine"]
+            if state.get("warp"):
+                chain_warps.insert(0, state["warp"])
+                chain_inverse.append(state["inverse_warp"])
+                total_warp = (state["total_warp"], state["total_inverse_warp"])
+        results.append(result)
+        if on_step:
+            on_step(result)
+    assert affine is not None  # the first step is never rejected (nothing to compare against)
+    manifest = _finish(root, fixed, moving, layouts, plan, results, affine, total_warp, inputs_key, reader)
+    return manifest
+
+
+# ------------------------------------------------------------------ one step
+
+
+def _run_or_reuse_step(
+    planned: PlannedStep,
+    workdir: Path,
+    inputs_key: str,
+    reader: "_LevelReader",
+    masks: "_MaskReader",
+    chain_warps: list[str],
+    chain_inverse: list[str],
+    affine: str | None,
+    layouts: dict[str, PyramidLayout],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    record = workdir / "result.json"
+    chain_key = [*chain_warps, affine]  # what this step starts from
+    if record.exists():
+        saved = json.loads(record.read_text())
+        if saved.get("inputs_key") == inputs_key and saved.get("chain_key") == chain_key:
+            saved["result"]["reused"] = True
+            return saved["result"], saved["state"]
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+
+    step = planned.step
+    fixed_image = reader.image("fixed", planned.fixed_level)
+    moving_image = reader.image("moving", planned.moving_level)
+    fixed_array = from_ants_image(fixed_image)
+    fixed_mask = masks.image("fixed", layouts["fixed"], planned.step.spacing, fixed_image)
+    moving_mask = masks.image("moving", layouts["moving"], planned.step.spacing, moving_image)
+
+    first = affine is None
+    if first:
+        affine = _centre_of_mass_alignment(fixed_image, moving_image, str(workdir / "initial.mat"))
+    chain_in = [*chain_warps, affine]
+    before = from_ants_image(ants.apply_transforms(fixed_image, moving_image, chain_in))
+    if first:
+        _check_overlap(fixed_array, before, reader.names)
+    metric_before = similarity(fixed_array, before)
+
+    with Measured() as measured:
+        transforms = run_ants_step(step, fixed_image, moving_image, workdir, initial=chain_in, fixed_mask=fixed_mask, moving_mask=moving_mask)
+    after = from_ants_image(ants.image_read(transforms.warped))
+    metric_after = similarity(fixed_array, after)
+    key = "ncc" if step.metric in ("cc", "meansquares") else "mi"
+    worse = metric_after[key] < metric_before[key] - WORSE_TOLERANCE * max(abs(metric_before[key]), 1e-12)
+    accepted = not worse or first
+    result: dict[str, Any] = {
+        "step": planned.name,
+        "transform": step.transform,
+        "metric": step.metric,
+        "fixed_level": planned.fixed_level,
+        "moving_level": planned.moving_level,
+        "spacing_um": planned.fixed_spacing_um,
+        "shape": list(planned.fixed_shape),
+        "before": metric_before,
+        "after": metric_after,
+        "accepted": accepted,
+        "seconds": round(measured.seconds, 2),
+        "peak_rss": measured.peak_rss,
+        "peak_rss_added": measured.added_rss,
+        "estimated_bytes": planned.estimated_bytes,
+    }
+    if not accepted:
+        result["note"] = (
+            f"{planned.name}: {key} got worse ({metric_before[key]:.4f} -> {metric_after[key]:.4f}); "
+            "this step's transform was discarded and the previous one kept"
+        )
+    state: dict[str, Any] = {"affine": transforms.affine}
+    if accepted and transforms.warp:
+        warps = [transforms.warp, *chain_warps]
+        inverses = [*chain_inverse, transforms.inverse_warp]
+        total = ants.apply_transforms(fixed_image, fixed_image, warps, compose=str(workdir / "total_"))
+        total_inverse = ants.apply_transforms(fixed_image, fixed_image, inverses, compose=str(workdir / "total_inverse_"))
+        state.update(
+            warp=transforms.warp,
+            inverse_warp=transforms.inverse_warp,
+            total_warp=total,
+            total_inverse_warp=total_inverse,
+        )
+        result.update(jacobian_stats(total, fixed_image, foreground(fixed_array)))
+    result["picture"] = qc_picture(
+        fixed_array,
+        before,
+        after,
+        tuple(reversed(fixed_image.spacing)),  # type: ignore[arg-type]
+        workdir / "qc.png",
+        f"{planned.name}: {key} {metric_before[key]:.3f} -> {metric_after[key]:.3f}" + ("" if accepted else " (discarded)"),
+    )
+    os.remove(transforms.warped)
+    (workdir / "qc.json").write_text(json.dumps(result, indent=2))
+    record.write_text(json.dumps({"inputs_key": inputs_key, "chain_key": chain_key, "result": result, "state": state}, indent=2))
+    return result, state
+
+
+def _centre_of_mass_alignment(fixed: "ants.ANTsImage", moving: "ants.ANTsImage", path: str) -> str:
+    """A translation taking the fixed image's intensity centre onto the moving one's."""
+    offset = _centre_lps(moving) - _centre_lps(fixed)
+    transform = ants.create_ants_transform(transform_type="AffineTransform", dimension=3, matrix=np.eye(3), offset=tuple(offset))
+    ants.write_transform(transform, path)
+    return path
+
+
+def _centre_lps(image: "ants.ANTsImage") -> np.ndarray:
+    data = np.clip(image.numpy(), 0, None).astype(np.float64)
+    total = data.sum()
+    if total <= 0:
+        raise InputError("image", "is empty (no positive intensities): nothing to register")
+    index = np.array([(data.sum(axis=tuple(a for a in range(3) if a != axis)) * np.arange(n)).sum() / total for axis, n in enumerate(data.shape)])
+    direction = np.asarray(image.direction)
+    return np.asarray(image.origin) + direction @ (np.asarray(image.spacing) * index)
+
+
+def _check_overlap(fixed: np.ndarray, moving_in_fixed: np.ndarray, names: dict[str, str]) -> None:
+    fixed_fg = foreground(fixed)
+    moving_fg = moving_in_fixed > moving_in_fixed.mean() if moving_in_fixed.any() else np.zeros_like(fixed_fg)
+    smaller = min(fixed_fg.sum(), moving_fg.sum())
+    overlap = (fixed_fg & moving_fg).sum() / smaller if smaller else 0.0
+    if overlap < MIN_OVERLAP:
+        raise InputError(
+            f"{names['fixed']} / {names['moving']}",
+            f"fixed and moving do not overlap after initialisation ({100 * overlap:.1f}% of the tissue); "
+            "check their orientation codes and origins",
+        )
+
+
+# ------------------------------------------------------------------ inputs
+
+
+class _LevelReader:
+    """Pyramid levels as ANTs images, each read once, with a content fingerprint."""
+
+    def __init__(self, fixed: str, moving: str, layouts: dict[str, PyramidLayout], normalize: bool, clip: tuple[float, float]):
+        self.names = {"fixed": fixed, "moving": moving}
+        self.layouts = layouts
+        self.normalize = normalize
+        self.clip = clip
+        self.fingerprints: dict[str, dict[str, str]] = {"fixed": {}, "moving": {}}
+        self._cache: dict[tuple[str, int], Any] = {}
+
+    def image(self, which: str, level: int) -> "ants.ANTsImage":
+        key = (which, level)
+        if key not in self._cache:
+            self._cache = {k: v for k, v in self._cache.items() if k[0] != which}  # keep one level per image
+            layout = self.layouts[which]
+            array = zarr.open_array(join(self.names[which], layout.levels[level].path), mode="r")[:]
+            if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+                raise InputError(self.names[which], f"level {level} contains NaN/Inf voxels")
+            self.fingerprints[which][layout.levels[level].path] = hashlib.blake2b(np.ascontiguousarray(array).data, digest_size=16).hexdigest()
+            data = array.astype(np.float32)
+            if self.normalize:
+                low, high = np.percentile(data, self.clip)
+                data = np.clip((data - low) / max(high - low, 1e-12), 0, 1).astype(np.float32)
+            self._cache[key] = to_ants_image(data, layout.level_geometry(level), self.names[which])
+        return self._cache[key]
+
+
+class _MaskReader:
+    def __init__(self, fixed: str | None, moving: str | None) -> None:
+        self.uris = {"fixed": normalize_uri(fixed) if fixed else None, "moving": normalize_uri(moving) if moving else None}
+        self.layouts = {k: read_pyramid(v) for k, v in self.uris.items() if v}
+
+    def image(self, which: str, image_layout: PyramidLayout, spacing_um: float, reference: "ants.ANTsImage") -> "ants.ANTsImage | None":
+        uri = self.uris[which]
+        if uri is None:
+            return None
+        layout = self.layouts[which]
+        level, _ = choose_level(layout, spacing_um, uri)
+        array = (zarr.open_array(join(uri, layout.levels[level].path), mode="r")[:] > 0).astype(np.float32)
+        mask = to_ants_image(array, layout.level_geometry(level), uri)
+        if tuple(mask.shape) != tuple(reference.shape):
+            mask = ants.resample_image_to_target(mask, reference, interp_type="nearestNeighbor")
+        if not mask.numpy().any():
+            raise InputError(uri, "mask is empty on the registration grid")
+        return mask
+
+
+def _inputs_key(fixed: str, moving: str, layouts: dict[str, PyramidLayout], plan: RegistrationPlan, *options: Any) -> str:
+    identity = {
+        "fixed": [fixed, [(l.path, l.shape, l.scale, l.translation) for l in layouts["fixed"].levels], layouts["fixed"].geometry.orientation],
+        "moving": [moving, [(l.path, l.shape, l.scale, l.translation) for l in layouts["moving"].levels], layouts["moving"].geometry.orientation],
+        "schedule": plan.schedule.model_dump(),
+        "budget": plan.memory_budget,
+        "options": [str(o) for o in options],
+        "version": __version__,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _prepare_directory(root: Path, inputs_key: str, overwrite: bool) -> None:
+    """Resume a directory written for the same inputs; refuse anything else unless ``overwrite``."""
+    if root.exists() and any(root.iterdir()):
+        marker = root / "inputs_key"
+        ours = marker.exists() and marker.read_text().strip() == inputs_key
+        if overwrite:
+            shutil.rmtree(root)
+        elif not ours:
+            raise InputError(str(root), "transform directory already exists for other inputs; pass --overwrite to replace it")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "inputs_key").write_text(inputs_key)
+
+
+# ------------------------------------------------------------------ outputs
+
+
+def _finish(
+    root: Path,
+    fixed: str,
+    moving: str,
+    layouts: dict[str, PyramidLayout],
+    plan: RegistrationPlan,
+    results: list[dict[str, Any]],
+    affine: str,
+    total_warp: tuple[str, str] | None,
+    inputs_key: str,
+    reader: _LevelReader,
+) -> dict[str, Any]:
+    for sub in ("forward", "inverse"):
+        (root / sub).mkdir(exist_ok=True)
+    shutil.copyfile(affine, root / "forward" / "affine.mat")
+    outputs: dict[str, Any] = {
+        "affine": "forward/affine.mat",
+        "forward": ["forward/affine.mat"],
+        "inverse": ["forward/affine.mat"],
+        "inverse_invert": [True],
+    }
+    if total_warp:
+        shutil.copyfile(total_warp[0], root / "forward" / "warp.nii.gz")
+        shutil.copyfile(total_warp[1], root / "inverse" / "inverse_warp.nii.gz")
+        last = next(r for r in reversed(results) if r["accepted"] and r["transform"] == "syn")
+        grid = layouts["fixed"].level_geometry(last["fixed_level"])
+        for name, path in (("field.ome.zarr", total_warp[0]), ("inverse_field.ome.zarr", total_warp[1])):
+            field = from_ants_image(ants.image_read(path))  # (z, y, x, 3)
+            write_vector_field(str(root / name), np.moveaxis(field, -1, 0), grid, f"{name}: see manifest.json 'mapping'")
+        outputs.update(
+            warp="forward/warp.nii.gz",
+            inverse_warp="inverse/inverse_warp.nii.gz",
+            field="field.ome.zarr",
+            inverse_field="inverse_field.ome.zarr",
+            field_level=last["fixed_level"],
+            forward=["forward/warp.nii.gz", "forward/affine.mat"],
+            inverse=["forward/affine.mat", "inverse/inverse_warp.nii.gz"],
+            inverse_invert=[True, False],
+        )
+    manifest = {
+        "scalereg_version": __version__,
+        "kind": "scalereg-transform",
+        "inputs_key": inputs_key,
+        "fixed": {"uri": fixed, "orientation": layouts["fixed"].geometry.orientation, "fingerprints": reader.fingerprints["fixed"]},
+        "moving": {"uri": moving, "orientation": layouts["moving"].geometry.orientation, "fingerprints": reader.fingerprints["moving"]},
+        "space": {"physical": "LPS", "unit": "micrometer"},
+        "mapping": "moving_point = affine(fixed_point + field(fixed_point)); "
+        "ants.apply_transforms(fixed, moving, forward) resamples moving onto fixed",
+        "schedule": plan.schedule.model_dump(),
+        "plan": {
+            "memory_budget": format_bytes(plan.memory_budget),
+            "steps": plan.summary(),
+            "stopped": plan.stopped,
+            "skipped": list(plan.skipped),
+            "notes": list(plan.notes),
+        },
+        "steps": results,
+        "outputs": outputs,
+        "libraries": {
+            "antspyx": getattr(ants, "__version__", "unknown"),
+            "numpy": np.__version__,
+            "zarr": zarr.__version__,
+            "python": platform.python_version(),
+        },
+        "itk_threads": os.environ.get("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"),
+        "total_seconds": round(sum(r["seconds"] for r in results), 2),
+    }
+    tmp = root / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, root / MANIFEST)  # last write: the directory is complete
+    return manifest
+
