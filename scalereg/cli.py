@@ -46,6 +46,19 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--dry-run", action="store_true", help="print the plan (levels, tasks, memory per task) and stop")
     convert.set_defaults(run=_convert)
 
+    register = commands.add_parser("register", help="register a moving OME-Zarr pyramid to a fixed one, coarse to fine")
+    register.add_argument("--fixed", required=True, help="fixed (reference) OME-Zarr pyramid")
+    register.add_argument("--moving", required=True, help="moving OME-Zarr pyramid")
+    register.add_argument("--out", required=True, help="transform directory to write")
+    register.add_argument("--schedule", default="mouse", help="mouse (default), human, or a YAML/JSON schedule file")
+    register.add_argument("--memory-budget", default="8GiB", help="memory for one registration step (default 8GiB)")
+    register.add_argument("--fixed-mask", default=None, help="OME-Zarr mask pyramid on the fixed image's grid")
+    register.add_argument("--moving-mask", default=None, help="OME-Zarr mask pyramid on the moving image's grid")
+    register.add_argument("--normalize", action="store_true", help="clip intensities to the 0.5-99.5 percentiles, scale to [0, 1]")
+    register.add_argument("--overwrite", action="store_true", help="replace a transform directory written for other inputs")
+    register.add_argument("--dry-run", action="store_true", help="print the plan (levels, memory, where it stops) and stop")
+    register.set_defaults(run=_register)
+
     info = commands.add_parser("info", help="print an OME-Zarr image's levels, shapes, spacing, orientation")
     info.add_argument("path")
     info.add_argument("--json", action="store_true", help="print JSON")
@@ -134,6 +147,47 @@ def _print_plan(plan: Any) -> None:
     print(f"{'level':>5} {'shape':>18} {'spacing':>22} {'chunks':>12} {'tasks':>6} {'memory/task':>12}")
     for row in plan.summary():
         print(f"{row['level']:>5} {row['shape']:>18} {row['spacing']:>22} {row['chunks']:>12} {row['tasks']:>6} {row['memory_per_task']:>12}")
+
+
+def _register(args: argparse.Namespace) -> int:
+    from scalereg.omezarr import read_pyramid
+    from scalereg.register import load_schedule, plan_registration, register_pyramids
+    from scalereg.units import parse_bytes
+
+    fixed, moving = _path_or_uri(args.fixed), _path_or_uri(args.moving)
+    plan = plan_registration(read_pyramid(fixed), read_pyramid(moving), load_schedule(args.schedule), parse_bytes(args.memory_budget), fixed, moving)
+    print(f"schedule {plan.schedule.name}: {len(plan.steps)} steps, memory budget {args.memory_budget}")
+    for row in plan.summary():
+        print("  " + "  ".join(f"{value}" for value in row.values()))
+    for note in plan.notes:
+        print(f"note: {note}")
+    if args.dry_run:
+        return 0
+
+    def report(step: dict) -> None:
+        key = "ncc" if step["metric"] in ("cc", "meansquares") else "mi"
+        verdict = "" if step["accepted"] else "  DISCARDED (metric got worse)"
+        folding = f", jacobian min {step['jacobian_min']:.3f}" if "jacobian_min" in step else ""
+        print(
+            f"{step['step']}: {key} {step['before'][key]:.4f} -> {step['after'][key]:.4f}, "
+            f"{step['seconds']:.1f} s{folding}{verdict}",
+            flush=True,
+        )
+
+    manifest = register_pyramids(
+        fixed,
+        moving,
+        args.out,
+        schedule=args.schedule,
+        memory_budget=args.memory_budget,
+        fixed_mask=args.fixed_mask,
+        moving_mask=args.moving_mask,
+        normalize=args.normalize,
+        overwrite=args.overwrite,
+        on_step=report,
+    )
+    print(f"wrote {os.path.abspath(args.out)}: forward {manifest['outputs']['forward']}")
+    return 0
 
 
 def _info(args: argparse.Namespace) -> int:

@@ -45,3 +45,22 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=60):
         yield
+
+
+@pytest.fixture(scope="session")
+def sample_volumes(tmp_path_factory):
+    """The real brains from registry packages (downloaded once per cache)."""
+    from scalereg.sample_data import fetch_sample_data
+
+    return fetch_sample_data(["mouse", "mni152"])
+
+
+@pytest.fixture(scope="session")
+def mouse_pyramid(sample_volumes, tmp_path_factory):
+    """The sample mouse brain (50 um, psl) as an OME-Zarr pyramid: 50, 100, 200 um."""
+    from scalereg.convert import convert_volume
+
+    mouse = sample_volumes["mouse"]
+    out = tmp_path_factory.mktemp("mouse") / "mouse.ome.zarr"
+    convert_volume(str(mouse.path), str(out), spacing=mouse.spacing, unit=mouse.unit, orientation=mouse.orientation, chunks=64)
+    return out
