@@ -113,3 +113,12 @@ def _shared_prefect_api() -> Iterator[None]:
 def runner_for(address: str) -> DaskTaskRunner:
     """A task runner that submits to the running cluster at ``address``."""
     return DaskTaskRunner(address=address)
+
+
+def cluster_threads(address: str) -> int:
+    """Worker threads connected to the scheduler now (at least 1: an adaptive cluster
+    may not have started its workers yet)."""
+    from distributed import Client
+
+    with Client(address, timeout=30) as client:
+        return max(1, sum(client.nthreads().values()))

@@ -17,14 +17,14 @@ from prefect.futures import as_completed
 from prefect.states import Completed, Failed, State
 from tqdm import tqdm
 
-from flows.cluster import dask_cluster, runner_for
+from flows.cluster import cluster_threads, dask_cluster, runner_for
 from scalereg.blocks import block_name
 from scalereg.convert import finish_conversion, finish_level, plan_conversion, prepare_output
 from scalereg.convert.plan_conversion import DEFAULT_MEMORY_BUDGET
 from scalereg.errors import InputError
 from scalereg.storage import redact_uri
 from tasks.artifacts import ProgressArtifact, artifact_key, publish_level_table, publish_report
-from tasks.convert import convert_block
+from tasks.convert import convert_blocks
 from tasks.failures import BAD_INPUT, bad_input_message
 
 
@@ -49,6 +49,7 @@ def convert_volume(
     with dask_cluster(cluster) as address:
         blocks_flow = convert_volume_blocks.with_options(task_runner=runner_for(address))
         state = blocks_flow(
+            tasks_per_level=4 * cluster_threads(address),
             source=source,
             output=output,
             spacing=spacing,
@@ -80,8 +81,13 @@ def convert_volume_blocks(
     labels: bool = False,
     memory_budget: str = DEFAULT_MEMORY_BUDGET,
     overwrite: bool = False,
+    tasks_per_level: int = 8,
 ) -> dict[str, Any] | State:
-    """The blocks of every level as tasks on the flow's task runner, level after level."""
+    """The blocks of every level as tasks on the flow's task runner, level after level.
+
+    Blocks are batched into at most ``tasks_per_level`` tasks per level: a task costs
+    Prefect a few tenths of a second, a block often not much more.
+    """
     logger = get_run_logger()
     try:
         plan = plan_conversion(
@@ -112,7 +118,8 @@ def convert_volume_blocks(
             for level in plan.levels:
                 start = time.perf_counter()
                 futures = [
-                    convert_block.submit(shipped, level.index, block, block_label=block_name(block)) for block in level.blocks
+                    convert_blocks.submit(shipped, level.index, batch, block_label=f"{block_name(batch[0])}-x{len(batch)}")
+                    for batch in batches(list(level.blocks), tasks_per_level)
                 ]
                 results = []
                 for future in as_completed(futures):
@@ -120,18 +127,31 @@ def convert_volume_blocks(
                     failure = bad_input_message(future.state)
                     if failure:
                         return Failed(name=BAD_INPUT, message=failure)
-                    results.append(future.result())
-                    bar.update(1)
-                    progress.advance()
+                    done = future.result()
+                    results.extend(done)
+                    bar.update(len(done))
+                    progress.advance(len(done))
                 row = finish_level(plan, level.index, results, time.perf_counter() - start)
                 publish_level_table(name, row)
                 rows.append(row)
-                logger.info("level %d: %s voxels in %d tasks, %.1f s", level.index, row["shape"], row["tasks"], row["seconds"])
+                logger.info("level %d: %s voxels, %d blocks, %.1f s", level.index, row["shape"], row["blocks"], row["seconds"])
         finish_conversion(plan)
         publish_report(name, _report(plan, rows), f"Conversion of {redact_uri(plan.source.uri)}")
         return Completed(data={"output": plan.output, "state": state, "levels": rows}, message=f"wrote {plan.output}")
     except InputError as error:
         return Failed(name=BAD_INPUT, message=str(error))
+
+
+def batches(blocks: list, count: int) -> list[list]:
+    """``blocks`` in at most ``count`` contiguous batches of nearly equal size."""
+    count = max(1, min(count, len(blocks)))
+    size, extra = divmod(len(blocks), count)
+    out, start = [], 0
+    for index in range(count):
+        stop = start + size + (1 if index < extra else 0)
+        out.append(blocks[start:stop])
+        start = stop
+    return [batch for batch in out if batch]
 
 
 def _report(plan, rows: list[dict[str, Any]]) -> str:
@@ -141,14 +161,14 @@ def _report(plan, rows: list[dict[str, Any]]) -> str:
         f"Output: `{plan.output}` (OME-Zarr {plan.layout.ngff_version}, {plan.layout.dtype}, "
         f"orientation {plan.layout.geometry.orientation or 'unknown'})",
         "",
-        "| level | shape | spacing | chunks | bytes | tasks | skipped | seconds |",
+        "| level | shape | spacing | chunks | bytes | blocks | skipped | seconds |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
             f"| {row['level']} | {' x '.join(map(str, row['shape']))} | "
             f"{' x '.join(f'{s:g}' for s in row['spacing'])} {row['unit']} | {' x '.join(map(str, row['chunks']))} | "
-            f"{row['bytes']} | {row['tasks']} | {row['skipped']} | {row['seconds']} |"
+            f"{row['bytes']} | {row['blocks']} | {row['skipped']} | {row['seconds']} |"
         )
     lines += [""] + [f"- note: {note}" for note in plan.notes]
     return "\n".join(lines)

@@ -8,12 +8,13 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from scalereg.blocks import Block
-from scalereg.convert import ConversionPlan, run_block
+from scalereg.convert import ConversionPlan
+from scalereg.convert.run_block import run_blocks
 from tasks.failures import fail_on_input_error, retry_transient
 
 
 @task(
-    name="convert-block",
+    name="convert-blocks",
     task_run_name="level-{level}-{block_label}",
     retries=3,
     retry_delay_seconds=[2, 10, 30],
@@ -21,8 +22,10 @@ from tasks.failures import fail_on_input_error, retry_transient
     cache_policy=NO_CACHE,  # completion markers, not Prefect's cache, decide what is done
 )
 @fail_on_input_error
-def convert_block(plan: ConversionPlan, level: int, block: Block, block_label: str = "") -> dict[str, Any]:
-    """Write one block of one level (copy from the source, or downsample the level below)."""
-    return run_block(plan, level, block)
+def convert_blocks(plan: ConversionPlan, level: int, blocks: list[Block], block_label: str = "") -> list[dict[str, Any]]:
+    """Write a batch of blocks of one level (copy from the source, or downsample the
+    level below); each block has its own completion marker, so a retry or a re-run
+    redoes only the blocks that did not finish."""
+    return run_blocks(plan, level, blocks)
 
 

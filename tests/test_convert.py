@@ -305,3 +305,19 @@ def test_output_inside_input_is_refused(tmp_path):
     zarr.save_array(str(raw), phantom((16, 16, 16), "uint16"))
     with pytest.raises(InputError, match="inside the input"):
         plan_conversion(str(raw), str(raw / "out.ome.zarr"), spacing=(1, 1, 1))
+
+
+def test_level_one_from_the_source_equals_level_one_from_level_zero(tmp_path):
+    """Level 1 is written by level 0's tasks from one read of the source when a block
+    fits the budget; it must hold exactly what downsampling level 0 on disk gives."""
+    raw = tmp_path / "raw.zarr"
+    zarr.save_array(str(raw), phantom((70, 66, 61), "uint16"))
+    options = dict(spacing=(1, 1, 1), chunks=16, min_size=8)
+    fused_plan = plan_conversion(str(raw), str(tmp_path / "f.ome.zarr"), memory_budget="64MiB", **options)
+    plain_plan = plan_conversion(str(raw), str(tmp_path / "p.ome.zarr"), memory_budget="600KiB", **options)
+    assert [l.kind for l in fused_plan.levels[:2]] == ["copy+downsample", "fused"]
+    assert [l.kind for l in plain_plan.levels[:2]] == ["copy", "downsample"]
+    run_conversion(fused_plan)
+    run_conversion(plain_plan)
+    for level in fused_plan.layout.levels:
+        assert np.array_equal(open_level(tmp_path / "f.ome.zarr", level.path)[:], open_level(tmp_path / "p.ome.zarr", level.path)[:])

@@ -35,7 +35,7 @@ def test_flow_writes_the_pyramid_and_artifacts(prefect_server, tmp_path):
     layout = read_pyramid(str(out))
     assert result["state"] == "new"
     assert [row["level"] for row in result["levels"]] == list(range(len(layout.levels)))
-    assert sum(row["tasks"] for row in result["levels"]) > len(layout.levels)  # really block by block
+    assert sum(row["blocks"] for row in result["levels"]) > len(layout.levels)  # really block by block
     assert validate_pyramid(str(out)) == []
     assert np.array_equal(zarr.open_array(str(out / "0"))[:], volume)
 

@@ -205,8 +205,9 @@ def test_registration_recovers_a_known_deformation_of_a_human_brain(human_case):
     brain = np.argwhere(case["labels"] > 0)[::400]
     points = np.array([ants.transform_index_to_physical_point(fixed_image, [int(i) for i in p[::-1]]) for p in brain])
     residual = residual_um(points, forward, case["truth"])
-    assert np.median(residual) < 1000, np.median(residual)  # under one 1 mm voxel
-    assert np.percentile(residual, 90) < 2000
+    # the finest step registers at 2 mm: half a voxel there at the median, 1.25 at the 90th percentile
+    assert np.median(residual) < 1000, np.median(residual)
+    assert np.percentile(residual, 90) < 2500, np.percentile(residual, 90)
     assert np.median(residual_um(points, [str(out / "forward/affine.mat")], case["truth"])) > np.median(residual)
 
     # the transform directory: ANTs files, OME-Zarr fields and the manifest agree

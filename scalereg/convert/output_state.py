@@ -55,6 +55,8 @@ def prepare_output(plan: ConversionPlan, overwrite: bool = False) -> OutputState
 def finish_level(plan: ConversionPlan, level: int, results: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
     """Record level ``level`` as complete and return its row for the level table."""
     spec = plan.layout.levels[level]
+    if plan.levels[level].kind == "fused":
+        results = []  # written by level 0's blocks, one read of the source for both
     row = {
         "level": level,
         "shape": list(spec.shape),
@@ -62,11 +64,11 @@ def finish_level(plan: ConversionPlan, level: int, results: list[dict[str, Any]]
         "unit": plan.layout.geometry.unit,
         "chunks": list(spec.chunks),
         "bytes": int(math.prod(spec.shape) * np.dtype(plan.layout.dtype).itemsize),
-        "tasks": len(results),
+        "blocks": len(results),
         "skipped": sum(1 for r in results if r.get("skipped")),
         "seconds": round(seconds, 3),
     }
-    mark_level_complete(plan.output, level, plan.storage_options, record={k: row[k] for k in ("tasks", "seconds")})
+    mark_level_complete(plan.output, level, plan.storage_options, record={k: row[k] for k in ("blocks", "seconds")})
     return row
 
 

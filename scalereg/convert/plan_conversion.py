@@ -17,7 +17,7 @@ from scalereg.geometry import Geometry, parse_spacing, parse_unit
 from scalereg.io import Source, open_source
 from scalereg.omezarr.pyramid_layout import NgffVersion, PyramidLayout, pyramid_layout
 from scalereg.orientation import parse_orientation
-from scalereg.pyramid.downsample_block import bytes_per_output_voxel, method_for
+from scalereg.pyramid.downsample_block import bytes_per_output_voxel, input_halo, method_for
 from scalereg.pyramid.level_schedule import level_schedule
 from scalereg.storage import is_remote, normalize_uri
 from scalereg.units import format_bytes, parse_bytes
@@ -31,7 +31,10 @@ COPY_BYTES_PER_VOXEL_FACTOR = 3
 @dataclass(frozen=True)
 class LevelPlan:
     index: int
-    kind: str  # "copy" (level 0 from the source) or "downsample"
+    # "copy" (level 0 from the source), "copy+downsample" (level 0 and level 1 from
+    # one read of the source), "fused" (level 1, written by level 0's tasks) or
+    # "downsample" (from the level below on disk)
+    kind: str
     blocks: tuple[Block, ...]
     block_shape: tuple[int, int, int]
     bytes_per_task: int
@@ -139,31 +142,16 @@ def plan_conversion(
     method = method_for(labels)
     budget = parse_bytes(memory_budget)
     itemsize = np.dtype(layout.dtype).itemsize
-    levels = []
+    levels = _fused_first_levels(layout, method, itemsize, budget)
     for index, level in enumerate(layout.levels):
+        if index < len(levels):
+            continue
         unit_shape = level.shards or level.chunks  # tasks never share a chunk or a shard
         if index == 0:
             kind, per_voxel = "copy", COPY_BYTES_PER_VOXEL_FACTOR * itemsize
         else:
             kind, per_voxel = "downsample", bytes_per_output_voxel(itemsize, level.factors, method)
-        unit_bytes = math.prod(unit_shape) * per_voxel
-        if unit_bytes > budget:
-            raise MemoryBudgetError(
-                "memory-budget",
-                f"{format_bytes(budget)} is too small: one {'x'.join(map(str, unit_shape))} block of level {index} "
-                f"needs about {format_bytes(unit_bytes)}; raise the budget or use smaller --chunks",
-            )
-        shape = grow_block(level.shape, unit_shape, per_voxel, budget)
-        blocks = tuple(aligned_blocks(level.shape, shape))
-        levels.append(
-            LevelPlan(
-                index=index,
-                kind=kind,
-                blocks=blocks,
-                block_shape=shape,
-                bytes_per_task=int(math.prod(min(s, n) for s, n in zip(shape, level.shape)) * per_voxel),
-            )
-        )
+        levels.append(_level_plan(index, kind, level.shape, unit_shape, per_voxel, budget))
     fingerprint = _fingerprint(src, layout, method)
     return ConversionPlan(
         source=src,
@@ -176,6 +164,46 @@ def plan_conversion(
         notes=tuple(geometry.notes),
         storage_options=storage_options,
     )
+
+
+def _level_plan(index: int, kind: str, shape: tuple[int, ...], unit_shape: tuple[int, ...], per_voxel: float, budget: int) -> LevelPlan:
+    unit_bytes = math.prod(unit_shape) * per_voxel
+    if unit_bytes > budget:
+        raise MemoryBudgetError(
+            "memory-budget",
+            f"{format_bytes(budget)} is too small: one {'x'.join(map(str, unit_shape))} block of level {index} "
+            f"needs about {format_bytes(unit_bytes)}; raise the budget or use smaller --chunks",
+        )
+    block = grow_block(shape, unit_shape, per_voxel, budget)
+    return LevelPlan(
+        index=index,
+        kind=kind,
+        blocks=tuple(aligned_blocks(shape, block)),
+        block_shape=block,
+        bytes_per_task=int(math.prod(min(b, n) for b, n in zip(block, shape)) * per_voxel),
+    )
+
+
+def _fused_first_levels(layout: PyramidLayout, method: str, itemsize: int, budget: int) -> list[LevelPlan]:
+    """Level 0 and level 1 from one read of the source, when a block fits the budget.
+
+    Level-0 blocks are then whole multiples of both level 0's write unit and (times
+    the factors) level 1's, so every task writes its own chunks of both levels.
+    """
+    if len(layout.levels) < 2:
+        return []
+    level0, level1 = layout.levels[0], layout.levels[1]
+    unit0 = level0.shards or level0.chunks
+    unit1 = level1.shards or level1.chunks
+    unit = tuple(math.lcm(u0, f * u1) for u0, f, u1 in zip(unit0, level1.factors, unit1))
+    halo = input_halo(method, level1.factors)
+    per_voxel = COPY_BYTES_PER_VOXEL_FACTOR * itemsize + bytes_per_output_voxel(itemsize, level1.factors, method) / math.prod(level1.factors)
+    # the halo makes the region read a little larger than the block
+    grown = math.prod((u + 2 * h) / u for u, h in zip(unit, halo))
+    if math.prod(unit) * per_voxel * grown > budget:
+        return []
+    first = _level_plan(0, "copy+downsample", level0.shape, unit, per_voxel * grown, budget)
+    return [first, LevelPlan(index=1, kind="fused", blocks=(), block_shape=first.block_shape, bytes_per_task=0)]
 
 
 def _fingerprint(source: Source, layout: PyramidLayout, method: str) -> str:

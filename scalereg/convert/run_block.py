@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from scalereg.blocks import Block, block_name
-from scalereg.convert.copy_source_block import copy_source_block
+from scalereg.convert.copy_source_block import copy_and_downsample_block, copy_source_block
 from scalereg.convert.plan_conversion import ConversionPlan
 from scalereg.pyramid.downsample_block import downsample_block
 from scalereg.storage import exists, join, open_array, write_marker
@@ -16,6 +16,18 @@ PROGRESS_DIR = ".scalereg-progress"
 
 def marker_uri(output: str, level: int, block: Block) -> str:
     return join(output, PROGRESS_DIR, f"level-{level}", block_name(block))
+
+
+def _writable(plan: ConversionPlan, level: int):
+    array = open_array(join(plan.output, plan.layout.levels[level].path), mode="r+", storage_options=plan.storage_options)
+    # zarr's default skips writing chunks equal to the fill value, but its check
+    # costs about as much as compressing the chunk: write them all.
+    return array.with_config({"write_empty_chunks": True})
+
+
+def run_blocks(plan: ConversionPlan, level: int, blocks: list[Block]) -> list[dict[str, Any]]:
+    """Several blocks in one call (one task), each with its own completion marker."""
+    return [run_block(plan, level, block) for block in blocks]
 
 
 def run_block(plan: ConversionPlan, level: int, block: Block) -> dict[str, Any]:
@@ -29,9 +41,13 @@ def run_block(plan: ConversionPlan, level: int, block: Block) -> dict[str, Any]:
     if exists(marker, options):
         return {"level": level, "block": block, "skipped": True, "seconds": 0.0}
     start = time.perf_counter()
-    target = open_array(join(plan.output, plan.layout.levels[level].path), mode="r+", storage_options=options)
-    if plan.levels[level].kind == "copy":
+    target = _writable(plan, level)
+    kind = plan.levels[level].kind
+    if kind == "copy":
         stats = copy_source_block(plan.source, target, block)
+    elif kind == "copy+downsample":
+        factors = plan.layout.levels[1].factors
+        stats = copy_and_downsample_block(plan.source, target, _writable(plan, 1), block, factors, plan.method)
     else:
         source = open_array(join(plan.output, plan.layout.levels[level - 1].path), storage_options=options)
         stats = downsample_block(source, target, block, plan.layout.levels[level].factors, plan.method)

@@ -33,6 +33,26 @@ def bytes_per_output_voxel(itemsize: int, factors: tuple[int, ...], method: str)
     return footprint * (3 * itemsize + 1) + itemsize
 
 
+def footprint(
+    block: Block, factors: tuple[int, ...], halo: tuple[int, ...], shape: tuple[int, ...]
+) -> tuple[tuple[slice, ...], list[tuple[int, int]]]:
+    """The input region an output ``block`` needs (its footprint plus ``halo``), clipped
+    to ``shape``, and the edge padding that restores the clipped part."""
+    read, pad = [], []
+    for (o0, o1), f, h, n in zip(block, factors, halo, shape):
+        lo, hi = f * o0 - h, f * o1 + h
+        read.append(slice(max(lo, 0), min(hi, n)))
+        pad.append((max(0, -lo), max(0, hi - n)))
+    return tuple(read), pad
+
+
+def downsample_region(region: np.ndarray, pad: list[tuple[int, int]], factors: tuple[int, ...], method: str, dtype: np.dtype) -> np.ndarray:
+    """Downsample a region read by `footprint`, padding it at the volume boundary first."""
+    if any(p != (0, 0) for p in pad):
+        region = np.pad(region, pad, mode="edge")
+    return METHODS[method](region, tuple(factors), input_halo(method, factors), dtype)
+
+
 def downsample_block(source: zarr.Array, target: zarr.Array, block: Block, factors: tuple[int, ...], method: str) -> dict[str, Any]:
     """Write ``block`` (index ranges of ``target``) as ``source`` downsampled by ``factors``.
 
@@ -40,15 +60,7 @@ def downsample_block(source: zarr.Array, target: zarr.Array, block: Block, facto
     where the footprint passes the volume boundary, so a block's result equals the
     same voxels of a whole-volume computation.
     """
-    halo = input_halo(method, factors)
-    read, pad = [], []
-    for (o0, o1), f, h, n in zip(block, factors, halo, source.shape):
-        lo, hi = f * o0 - h, f * o1 + h
-        read.append(slice(max(lo, 0), min(hi, n)))
-        pad.append((max(0, -lo), max(0, hi - n)))
-    region = source[tuple(read)]
-    if any(p != (0, 0) for p in pad):
-        region = np.pad(region, pad, mode="edge")
-    result = METHODS[method](region, tuple(factors), halo, target.dtype)
-    target[block_slices(block)] = result
-    return {"voxels_read": int(region.size), "voxels_written": int(result.size)}
+    read, pad = footprint(block, factors, input_halo(method, factors), source.shape)
+    region = source[read]
+    target[block_slices(block)] = downsample_region(region, pad, factors, method, target.dtype)
+    return {"voxels_read": int(region.size), "voxels_written": int(math.prod(b - a for a, b in block))}
