@@ -216,7 +216,7 @@ def child_scalereg_core(source: str, output: str, spacing: float) -> dict[str, A
 
     with ProcessPoolExecutor(WORKERS) as executor:
         summary = convert_volume(source, output, spacing=(spacing,) * 3, orientation=ORIENTATION, executor=executor)
-    return {"levels": [[row["level"], row["seconds"], row["tasks"]] for row in summary["levels"]]}
+    return {"levels": [[row["level"], row["seconds"], row["blocks"]] for row in summary["levels"]]}
 
 
 def child_ngff_zarr(source: str, output: str, spacing: float) -> dict[str, Any]:
@@ -410,9 +410,9 @@ def _notes(name: str, output: Path, log: Path) -> list[str]:
             status = json.loads(meta.read_text())["attributes"].get("scalereg", {})
             done = status.get("levels_complete", [])
             inner = sum(entry.get("seconds", 0.0) for entry in done)
-            tasks = sum(entry.get("tasks", 0) for entry in done)
+            blocks = sum(entry.get("blocks", 0) for entry in done)
             per_level = " + ".join(f"{entry.get('seconds', 0.0):.1f}" for entry in done)
-            notes.append(f"{tasks} block tasks; levels {inner:.1f} s ({per_level}); status {status.get('status')}")
+            notes.append(f"{blocks} blocks; levels {inner:.1f} s ({per_level}); status {status.get('status')}")
     if name == "ngff-zarr" and result:
         notes.append(
             f"{result['method']}, dask threads x {WORKERS}; to_multiscales {result['to_multiscales_s']} s, "

@@ -197,7 +197,9 @@ def _fused_first_levels(layout: PyramidLayout, method: str, itemsize: int, budge
     unit1 = level1.shards or level1.chunks
     unit = tuple(math.lcm(u0, f * u1) for u0, f, u1 in zip(unit0, level1.factors, unit1))
     halo = input_halo(method, level1.factors)
-    per_voxel = COPY_BYTES_PER_VOXEL_FACTOR * itemsize + bytes_per_output_voxel(itemsize, level1.factors, method) / math.prod(level1.factors)
+    # the region read, the block handed to zarr, and the downsampling's working set
+    # (the region itself is its input)
+    per_voxel = itemsize + bytes_per_output_voxel(itemsize, level1.factors, method) / math.prod(level1.factors)
     # the halo makes the region read a little larger than the block
     grown = math.prod((u + 2 * h) / u for u, h in zip(unit, halo))
     if math.prod(unit) * per_voxel * grown > budget:

@@ -23,13 +23,14 @@ def input_halo(method: str, factors: tuple[int, ...]) -> tuple[int, ...]:
 def bytes_per_output_voxel(itemsize: int, factors: tuple[int, ...], method: str) -> float:
     """Estimated peak bytes per output voxel of `downsample_block` (for block sizing).
 
-    The input footprint is prod(factors) voxels per output voxel, held once in its
-    own dtype and about twice as float32 (the working copy and one temporary); mode
-    needs its sorted copy and uint8 counts instead.
+    Gaussian: the input footprint (prod(factors) voxels per output voxel) in its own
+    dtype, plus the first axis' float32 result and one float32 term of the same size
+    (half the footprint each, for factor 2); later axes work on less.  Mode: the
+    grouped copy, its sorted copy and uint8 counts.
     """
     footprint = math.prod(factors)
     if method == "gaussian":
-        return footprint * (itemsize + 8) + itemsize
+        return footprint * (itemsize + 4) + itemsize
     return footprint * (3 * itemsize + 1) + itemsize
 
 
