@@ -296,3 +296,30 @@ def test_a_step_that_makes_the_metric_worse_is_discarded(mouse_pyramid, tmp_path
     rejected = manifest["steps"][1]
     assert rejected["accepted"] is False and "got worse" in rejected["note"]
     assert manifest["outputs"]["forward"] == ["forward/affine.mat"]  # the syn warp was not kept
+
+
+def test_masks_and_normalisation(mouse_pyramid, tmp_path):
+    layout = read_pyramid(str(mouse_pyramid))
+    volume = zarr.open_array(str(mouse_pyramid / "0"))[:]
+    geometry = layout.geometry
+    mask_raw = tmp_path / "mask.zarr"
+    zarr.save_array(str(mask_raw), (volume > volume.mean()).astype(np.uint8))
+    mask = tmp_path / "mask.ome.zarr"
+    convert_volume(str(mask_raw), str(mask), spacing=geometry.spacing, origin=geometry.origin, orientation=geometry.orientation, labels=True, chunks=64)
+    schedule = {
+        "steps": [
+            {"spacing": 200, "transform": "rigid", "iterations": [50], "shrink_factors": [1], "smoothing_sigmas": [0]},
+            {"spacing": 200, "transform": "syn", "metric": "mattes", "iterations": [5], "shrink_factors": [1], "smoothing_sigmas": [0]},
+        ]
+    }
+    manifest = register_pyramids(str(mouse_pyramid), str(mouse_pyramid), str(tmp_path / "tx"), schedule=schedule, fixed_mask=str(mask), moving_mask=str(mask), normalize=True)
+    # a brain registered to itself stays put (a SyN step that only adds noise may be discarded)
+    assert manifest["steps"][0]["accepted"]
+    assert all(step["after"]["ncc"] > 0.99 for step in manifest["steps"])
+
+    empty_raw = tmp_path / "empty.zarr"
+    zarr.save_array(str(empty_raw), np.zeros(volume.shape, np.uint8))
+    empty = tmp_path / "empty.ome.zarr"
+    convert_volume(str(empty_raw), str(empty), spacing=geometry.spacing, origin=geometry.origin, orientation=geometry.orientation, labels=True, chunks=64)
+    with pytest.raises(InputError, match="mask is empty"):
+        register_pyramids(str(mouse_pyramid), str(mouse_pyramid), str(tmp_path / "tx2"), schedule=schedule, fixed_mask=str(empty))
