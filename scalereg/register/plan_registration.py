@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,6 +136,3 @@ def plan_registration(
         skipped=tuple(skipped),
     )
 
-
-def voxels(shape: tuple[int, ...]) -> int:
-    return math.prod(shape)
