@@ -112,9 +112,9 @@ def convert_volume_blocks(
         if state == "resume":
             logger.info("resuming %s: blocks with completion markers are skipped", plan.output)
         shipped = plan.for_tasks()
-        progress = ProgressArtifact(name, plan.tasks, f"Blocks written for {plan.output}")
+        progress = ProgressArtifact(name, plan.block_count, f"Blocks written for {plan.output}")
         rows = []
-        with tqdm(total=plan.tasks, desc="convert", unit="block", disable=None) as bar:
+        with tqdm(total=plan.block_count, desc="convert", unit="block", disable=None) as bar:
             for level in plan.levels:
                 start = time.perf_counter()
                 futures = [

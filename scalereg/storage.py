@@ -13,7 +13,6 @@ from typing import Any
 import fsspec
 import zarr
 
-from scalereg.errors import InputError
 
 
 def is_remote(uri: str) -> bool:
@@ -76,24 +75,6 @@ def remove_tree(uri: str, storage_options: dict[str, Any] | None = None) -> None
     fs, path = filesystem(uri, storage_options)
     if fs.exists(path):
         fs.rm(path, recursive=True)
-
-
-def list_names(uri: str, storage_options: dict[str, Any] | None = None) -> set[str]:
-    """Base names of the objects directly under ``uri`` (empty if none)."""
-    fs, path = filesystem(uri, storage_options)
-    try:
-        return {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)}
-    except FileNotFoundError:
-        return set()
-
-
-def refuse_existing(uri: str, overwrite: bool, storage_options: dict[str, Any] | None = None) -> None:
-    """Refuse to write over an existing output unless asked to; remove it if asked."""
-    if not exists(uri, storage_options):
-        return
-    if not overwrite:
-        raise InputError(uri, "output already exists; pass --overwrite (overwrite=True) to replace it")
-    remove_tree(uri, storage_options)
 
 
 def redact_uri(uri: str) -> str:

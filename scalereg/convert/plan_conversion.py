@@ -55,7 +55,8 @@ class ConversionPlan:
     storage_options: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
-    def tasks(self) -> int:
+    def block_count(self) -> int:
+        """Blocks over all levels (a fused level has none of its own)."""
         return sum(len(level.blocks) for level in self.levels)
 
     def for_tasks(self) -> "ConversionPlan":

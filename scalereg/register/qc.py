@@ -111,6 +111,3 @@ def qc_picture(
     plt.close(figure)
     return str(path)
 
-
-def summarise(values: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in values.items())

@@ -160,14 +160,16 @@ def _run_or_reuse_step(
     if first:
         affine = _centre_of_mass_alignment(fixed_image, moving_image, str(workdir / "initial.mat"))
     chain_in = [*chain_warps, affine]
-    if first:
-        _check_overlap(fixed_array, from_ants_image(ants.apply_transforms(fixed_image, moving_image, chain_in)), reader.names)
+    before = None
+    if first:  # coarse and cheap: the overlap check and the "before" picture share it
+        before = from_ants_image(ants.apply_transforms(fixed_image, moving_image, chain_in))
+        _check_overlap(fixed_array, before, reader.names)
 
     _release_free_memory()  # the step's peak then starts from what is really in use
     with Measured() as measured:
         transforms = run_ants_step(step, fixed_image, moving_image, workdir, initial=chain_in, fixed_mask=fixed_mask, moving_mask=moving_mask)
-    # "before" comes after the step so that it does not add to the step's peak memory
-    before = from_ants_image(ants.apply_transforms(fixed_image, moving_image, chain_in))
+    if before is None:  # computed after the step so that it does not add to the step's peak memory
+        before = from_ants_image(ants.apply_transforms(fixed_image, moving_image, chain_in))
     metric_before = similarity(fixed_array, before)
     after = from_ants_image(ants.image_read(transforms.warped))
     metric_after = similarity(fixed_array, after)
