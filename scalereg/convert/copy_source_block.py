@@ -15,9 +15,9 @@ from scalereg.pyramid.downsample_block import downsample_region, footprint, inpu
 
 def copy_source_block(source: Source, target: zarr.Array, block: Block) -> dict[str, Any]:
     """Read ``block`` from ``source`` and write it to ``target`` (same index space)."""
-    data = read_checked(source, block_slices(block))
+    data, stats = read_checked(source, block_slices(block))
     target[block_slices(block)] = data.astype(target.dtype, copy=False)
-    return {"voxels_read": int(data.size), "voxels_written": int(data.size)}
+    return {"voxels_read": int(data.size), "voxels_written": int(data.size), **stats}
 
 
 def copy_and_downsample_block(
@@ -32,20 +32,20 @@ def copy_and_downsample_block(
     """
     out_block = tuple((a // f, -(-b // f)) for (a, b), f in zip(block, factors))
     read, pad = footprint(out_block, factors, input_halo(method, factors), source.shape)  # type: ignore[arg-type]
-    region = read_checked(source, read)
+    region, stats = read_checked(source, read)
     inner = tuple(slice(a - r.start, b - r.start) for (a, b), r in zip(block, read))
     level0[block_slices(block)] = region[inner].astype(level0.dtype, copy=False)
     level1[block_slices(out_block)] = downsample_region(region.astype(level0.dtype, copy=False), pad, factors, method, level1.dtype)  # type: ignore[arg-type]
-    return {"voxels_read": int(region.size), "voxels_written": int(region[inner].size)}
+    return {"voxels_read": int(region.size), "voxels_written": int(region[inner].size), **stats}
 
 
-def read_checked(source: Source, region: tuple[slice, ...]) -> np.ndarray:
-    """``source.read(region)``, refusing short reads and non-finite voxels.
+def read_checked(source: Source, region: tuple[slice, ...]) -> tuple[np.ndarray, dict[str, Any]]:
+    """``source.read_with_stats(region)``, refusing short reads and non-finite voxels.
 
     NaN and Inf would spread through every filter downstream, so they stop the
     conversion with their position.
     """
-    data = source.read(region)  # type: ignore[arg-type]
+    data, stats = source.read_with_stats(region)  # type: ignore[arg-type]
     expected = tuple(s.stop - s.start for s in region)
     if data.shape != expected:
         raise InputError(source.uri, f"reader returned shape {data.shape} for region {region}; the file may be truncated")
@@ -55,4 +55,4 @@ def read_checked(source: Source, region: tuple[slice, ...]) -> np.ndarray:
             where = tuple(int(i) + s.start for i, s in zip(np.argwhere(bad)[0], region))
             block = tuple((s.start, s.stop) for s in region)
             raise InputError(source.uri, f"contains {int(bad.sum())} NaN/Inf voxels in block {block} (first at z, y, x = {where})")
-    return data
+    return data, stats

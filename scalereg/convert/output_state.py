@@ -8,7 +8,7 @@ from typing import Any, Literal
 import numpy as np
 
 from scalereg.convert.plan_conversion import ConversionPlan
-from scalereg.convert.run_block import PROGRESS_DIR
+from scalereg.convert.run_block import PROGRESS_DIR, SCRATCH_DIR
 from scalereg.errors import InputError
 from scalereg.omezarr.create_pyramid_store import STATUS_KEY, create_pyramid_store, mark_complete, mark_level_complete
 from scalereg.storage import exists, join, open_group, redact_uri, remove_tree
@@ -36,6 +36,8 @@ def prepare_output(plan: ConversionPlan, overwrite: bool = False) -> OutputState
     """Create the output store (see `output_state` for what happens to an existing one)."""
     options = plan.storage_options
     state = output_state(plan, overwrite)
+    if state == "resume":
+        plan.source.prepare(plan.output, options)
     if state != "new":
         return state
     remove_tree(plan.output, options)
@@ -49,6 +51,7 @@ def prepare_output(plan: ConversionPlan, overwrite: bool = False) -> OutputState
     status = dict(group.attrs[STATUS_KEY])
     status["fingerprint"] = plan.fingerprint
     group.attrs[STATUS_KEY] = status
+    plan.source.prepare(plan.output, options)
     return "new"
 
 
@@ -68,13 +71,17 @@ def finish_level(plan: ConversionPlan, level: int, results: list[dict[str, Any]]
         "skipped": sum(1 for r in results if r.get("skipped")),
         "seconds": round(seconds, 3),
     }
+    for key in ("tiles_outside", "voxels_outside"):  # what a warped source reports
+        if any(key in r for r in results):
+            row[key] = sum(int(r.get(key, 0)) for r in results)
     mark_level_complete(plan.output, level, plan.storage_options, record={k: row[k] for k in ("blocks", "seconds")})
     return row
 
 
 def finish_conversion(plan: ConversionPlan) -> None:
-    """Drop the per-block markers and mark the output complete (the last write)."""
+    """Drop the per-block markers and scratch files and mark the output complete (the last write)."""
     remove_tree(join(plan.output, PROGRESS_DIR), plan.storage_options)
+    remove_tree(join(plan.output, SCRATCH_DIR), plan.storage_options)
     mark_complete(plan.output, plan.storage_options)
 
 

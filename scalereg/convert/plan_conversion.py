@@ -143,16 +143,18 @@ def plan_conversion(
     method = method_for(labels)
     budget = parse_bytes(memory_budget)
     itemsize = np.dtype(layout.dtype).itemsize
-    levels = _fused_first_levels(layout, method, itemsize, budget)
+    levels = _fused_first_levels(layout, method, itemsize, budget, src)
     for index, level in enumerate(layout.levels):
         if index < len(levels):
             continue
         unit_shape = level.shards or level.chunks  # tasks never share a chunk or a shard
         if index == 0:
-            kind, per_voxel = "copy", COPY_BYTES_PER_VOXEL_FACTOR * itemsize
+            kind, per_voxel = "copy", COPY_BYTES_PER_VOXEL_FACTOR * itemsize + src.working_bytes_per_voxel
+            level_budget = budget - src.working_bytes_fixed
         else:
             kind, per_voxel = "downsample", bytes_per_output_voxel(itemsize, level.factors, method)
-        levels.append(_level_plan(index, kind, level.shape, unit_shape, per_voxel, budget))
+            level_budget = budget
+        levels.append(_level_plan(index, kind, level.shape, unit_shape, per_voxel, level_budget))
     fingerprint = _fingerprint(src, layout, method)
     return ConversionPlan(
         source=src,
@@ -185,7 +187,7 @@ def _level_plan(index: int, kind: str, shape: tuple[int, ...], unit_shape: tuple
     )
 
 
-def _fused_first_levels(layout: PyramidLayout, method: str, itemsize: int, budget: int) -> list[LevelPlan]:
+def _fused_first_levels(layout: PyramidLayout, method: str, itemsize: int, budget: int, source: Source) -> list[LevelPlan]:
     """Level 0 and level 1 from one read of the source, when a block fits the budget.
 
     Level-0 blocks are then whole multiples of both level 0's write unit and (times
@@ -201,6 +203,8 @@ def _fused_first_levels(layout: PyramidLayout, method: str, itemsize: int, budge
     # the region read, the block handed to zarr, and the downsampling's working set
     # (the region itself is its input)
     per_voxel = itemsize + bytes_per_output_voxel(itemsize, level1.factors, method) / math.prod(level1.factors)
+    per_voxel += source.working_bytes_per_voxel
+    budget -= source.working_bytes_fixed
     # the halo makes the region read a little larger than the block
     grown = math.prod((u + 2 * h) / u for u, h in zip(unit, halo))
     if math.prod(unit) * per_voxel * grown > budget:
@@ -222,6 +226,7 @@ def _fingerprint(source: Source, layout: PyramidLayout, method: str) -> str:
             "levels": [[l.shape, l.chunks, l.shards] for l in layout.levels],
         },
         "method": method,
+        "source_identity": source.identity(),
     }
     if not is_remote(source.uri) and os.path.exists(source.uri):
         stat = os.stat(source.uri)

@@ -12,6 +12,8 @@ from scalereg.pyramid.downsample_block import downsample_block
 from scalereg.storage import exists, join, open_array, write_marker
 
 PROGRESS_DIR = ".scalereg-progress"
+# Files a run needs until it finishes (e.g. transforms converted for a warp).
+SCRATCH_DIR = ".scalereg-scratch"
 
 
 def marker_uri(output: str, level: int, block: Block) -> str:

@@ -36,10 +36,25 @@ class Source(ABC):
     # A region shape that reads efficiently (e.g. (1, Y, X) for 2D slices, the
     # chunk shape for Zarr); None if any region is as good as another.
     preferred_block: tuple[int, int, int] | None = None
+    # Memory ``read`` needs besides the array it returns: per voxel of the region and
+    # fixed (the planner sizes blocks with them; plain readers need nothing extra).
+    working_bytes_per_voxel: float = 0.0
+    working_bytes_fixed: int = 0
 
     @abstractmethod
     def read(self, region: Region) -> np.ndarray:
         """The voxels of ``region`` (slices with explicit start/stop, step 1)."""
+
+    def read_with_stats(self, region: Region) -> tuple[np.ndarray, dict]:
+        """``read`` plus counts worth reporting per block (e.g. tiles mapped outside)."""
+        return self.read(region), {}
+
+    def identity(self) -> dict:
+        """What, besides the uri, shape and dtype, decides the voxels (for fingerprints)."""
+        return {}
+
+    def prepare(self, output: str, storage_options: dict | None = None) -> None:
+        """Called once before any block is written to ``output`` (new or resumed run)."""
 
     def close(self) -> None:
         """Release open handles (optional)."""

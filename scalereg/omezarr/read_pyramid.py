@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -107,3 +108,8 @@ def _transform(transforms: Any, ndim: int) -> tuple[np.ndarray, np.ndarray]:
         elif data.get("type") == "translation":
             translation = np.asarray(data["translation"], dtype=float)
     return scale, translation
+
+
+def level_fingerprint(array: np.ndarray) -> str:
+    """A short digest of a level's voxels: tells whether a pyramid changed since it was used."""
+    return hashlib.blake2b(np.ascontiguousarray(array).data, digest_size=16).hexdigest()

@@ -11,7 +11,7 @@ import ants  # noqa: E402
 import numpy as np  # noqa: E402
 
 from scalereg.errors import InputError  # noqa: E402
-from scalereg.geometry import UNITS_IN_MICROMETERS, Geometry  # noqa: E402
+from scalereg.geometry import UNITS_IN_MICROMETERS, Geometry, geometry_from_lps  # noqa: E402
 
 
 def to_ants_image(array: np.ndarray, geometry: Geometry, subject: str = "image") -> "ants.ANTsImage":
@@ -39,3 +39,20 @@ def from_ants_image(image: "ants.ANTsImage") -> np.ndarray:
     if image.components > 1:
         return np.ascontiguousarray(data.transpose(2, 1, 0, 3))
     return np.ascontiguousarray(data.transpose(2, 1, 0))
+
+
+def geometry_from_ants_header(spacing: tuple, origin: tuple, direction: np.ndarray, subject: str) -> Geometry:
+    """The `Geometry` (micrometers) of an ITK image given as ITK describes it: spacing,
+    LPS origin and direction columns in (x, y, z) index order."""
+    return geometry_from_lps(
+        tuple(float(s) for s in reversed(spacing)),
+        np.asarray(origin, dtype=float),
+        np.asarray(direction, dtype=float)[:, ::-1],
+        "micrometer",
+        subject,
+    )
+
+
+def ants_image_geometry(image: "ants.ANTsImage", subject: str = "image") -> Geometry:
+    """Where the voxels of an ANTs image are, as a `Geometry` in micrometers."""
+    return geometry_from_ants_header(image.spacing, image.origin, np.asarray(image.direction), subject)

@@ -35,15 +35,16 @@ from scalereg import __version__
 from scalereg.errors import InputError
 from scalereg.measure import Measured
 from scalereg.omezarr.pyramid_layout import PyramidLayout
-from scalereg.omezarr.read_pyramid import read_pyramid
+from scalereg.omezarr.read_pyramid import level_fingerprint, read_pyramid
 from scalereg.omezarr.write_vector_field import write_vector_field
-from scalereg.register.ants_image import ants, from_ants_image, to_ants_image
+from scalereg.register.ants_image import ants, ants_image_geometry, from_ants_image, to_ants_image
 from scalereg.register.choose_level import choose_level
 from scalereg.register.plan_registration import PlannedStep, RegistrationPlan, plan_registration
 from scalereg.register.qc import foreground, jacobian_stats, qc_picture, similarity
 from scalereg.register.run_ants_step import run_ants_step
 from scalereg.register.schedule import RegistrationSchedule, load_schedule
 from scalereg.storage import is_remote, join, normalize_uri
+from scalereg.transforms.grid import lps_bounds_um
 from scalereg.units import format_bytes, parse_bytes
 
 MANIFEST = "manifest.json"
@@ -302,7 +303,7 @@ class _LevelReader:
             array = zarr.open_array(join(self.names[which], layout.levels[level].path), mode="r")[:]
             if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
                 raise InputError(self.names[which], f"level {level} contains NaN/Inf voxels")
-            self.fingerprints[which][layout.levels[level].path] = hashlib.blake2b(np.ascontiguousarray(array).data, digest_size=16).hexdigest()
+            self.fingerprints[which][layout.levels[level].path] = level_fingerprint(array)
             data = array.astype(np.float32)
             if self.normalize:
                 low, high = np.percentile(data, self.clip)
@@ -384,10 +385,10 @@ def _finish(
         shutil.copyfile(total_warp[0], root / "forward" / "warp.nii.gz")
         shutil.copyfile(total_warp[1], root / "inverse" / "inverse_warp.nii.gz")
         last = next(r for r in reversed(results) if r["accepted"] and r["transform"] == "syn")
-        grid = layouts["fixed"].level_geometry(last["fixed_level"])
         for name, path in (("field.ome.zarr", total_warp[0]), ("inverse_field.ome.zarr", total_warp[1])):
-            field = from_ants_image(ants.image_read(path))  # (z, y, x, 3)
-            write_vector_field(str(root / name), np.moveaxis(field, -1, 0), grid, f"{name}: see manifest.json 'mapping'")
+            image = ants.image_read(path)  # on the SyN step's grid, cropped to the tissue
+            field = from_ants_image(image)  # (z, y, x, 3)
+            write_vector_field(str(root / name), np.moveaxis(field, -1, 0), ants_image_geometry(image, name), f"{name}: see manifest.json 'mapping'")
         outputs.update(
             warp="forward/warp.nii.gz",
             inverse_warp="inverse/inverse_warp.nii.gz",
@@ -398,12 +399,19 @@ def _finish(
             inverse=["forward/affine.mat", "inverse/inverse_warp.nii.gz"],
             inverse_invert=[True, False],
         )
+    # What scalereg's warp reads (fields as chunked OME-Zarr, read region by region);
+    # the lists above are the same mappings as ANTs files.
+    affine_entry = {"kind": "affine", "path": "forward/affine.mat"}
+    outputs["chains"] = {
+        "forward": ([{"kind": "field", "path": "field.ome.zarr"}] if total_warp else []) + [affine_entry],
+        "inverse": [{**affine_entry, "invert": True}] + ([{"kind": "field", "path": "inverse_field.ome.zarr"}] if total_warp else []),
+    }
     manifest = {
         "scalereg_version": __version__,
         "kind": "scalereg-transform",
         "inputs_key": inputs_key,
-        "fixed": {"uri": fixed, "orientation": layouts["fixed"].geometry.orientation, "fingerprints": reader.fingerprints["fixed"]},
-        "moving": {"uri": moving, "orientation": layouts["moving"].geometry.orientation, "fingerprints": reader.fingerprints["moving"]},
+        "fixed": _image_record(fixed, layouts["fixed"], reader.fingerprints["fixed"]),
+        "moving": _image_record(moving, layouts["moving"], reader.fingerprints["moving"]),
         "space": {"physical": "LPS", "unit": "micrometer"},
         "mapping": "moving_point = affine(fixed_point + field(fixed_point)); "
         "ants.apply_transforms(fixed, moving, forward) resamples moving onto fixed",
@@ -430,4 +438,21 @@ def _finish(
     tmp.write_text(json.dumps(manifest, indent=2))
     os.replace(tmp, root / MANIFEST)  # last write: the directory is complete
     return manifest
+
+
+
+def _image_record(uri: str, layout: PyramidLayout, fingerprints: dict[str, str]) -> dict[str, Any]:
+    """What identifies an input: its path, content fingerprints of the levels read, and
+    where its level 0 is in LPS space (so that a warp can check it has the right pair)."""
+    geometry = layout.geometry
+    return {
+        "uri": uri,
+        "orientation": geometry.orientation,
+        "unit": geometry.unit,
+        "shape": list(layout.levels[0].shape),
+        "spacing": list(geometry.spacing),
+        "origin": list(geometry.origin),
+        "lps_bounds_um": [list(b) for b in lps_bounds_um(geometry, layout.levels[0].shape)],
+        "fingerprints": fingerprints,
+    }
 

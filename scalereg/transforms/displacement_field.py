@@ -1,0 +1,141 @@
+"""Displacement fields read region by region from OME-Zarr (or converted from ANTs NIfTI).
+
+A field u on a grid maps an LPS point p to ``p + u(p)``, with u interpolated
+trilinearly; outside the grid the displacement is zero.  Both rules are ITK's
+(`DisplacementFieldTransform`), so a chain evaluated here agrees with
+``ants.apply_transforms`` on the same files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field as dataclass_field
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from scalereg.errors import InputError
+from scalereg.geometry import Geometry, parse_unit
+from scalereg.omezarr.write_vector_field import FIELD_KEY
+from scalereg.orientation import orientation_from_rfc4
+from scalereg.storage import join, open_array, open_group
+from scalereg.transforms.grid import GridMap
+
+# ANTs writes displacement fields as NIfTI vector images.
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+@dataclass
+class DisplacementField:
+    """An OME-Zarr displacement field (axes c, z, y, x; LPS micrometers), read lazily."""
+
+    uri: str
+    grid: GridMap
+    path: str = "0"
+    storage_options: dict[str, Any] | None = None
+    # the part of the field loaded for the current tile: (start index, values (3, z, y, x))
+    _loaded: tuple[np.ndarray, np.ndarray] | None = dataclass_field(default=None, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_loaded"] = None  # never ship a loaded region to another process
+        return state
+
+    def prepare(self, low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Load the part of the field that points in the LPS box [low, high] need; return
+        a box that holds every image of those points (conservative)."""
+        corners = np.array(np.meshgrid(*zip(low, high), indexing="ij")).reshape(3, -1).T
+        index = self.grid.to_index(corners)
+        shape = np.asarray(self.grid.shape)
+        start = np.clip(np.floor(index.min(axis=0)).astype(int), 0, shape - 1)
+        stop = np.clip(np.floor(index.max(axis=0)).astype(int) + 2, 1, shape)
+        outside_everywhere = np.any(index.max(axis=0) < -0.5) or np.any(index.min(axis=0) >= shape - 0.5)
+        if outside_everywhere:
+            self._loaded = None
+            return low, high
+        region = (slice(None),) + tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
+        values = np.asarray(open_array(join(self.uri, self.path), storage_options=self.storage_options)[region], dtype=np.float32)
+        if not np.all(np.isfinite(values)):
+            raise InputError(self.uri, "displacement field contains NaN/Inf values")
+        self._loaded = (start, values)
+        # points outside the grid keep zero displacement: the box grows, never shrinks
+        smallest = np.minimum(values.reshape(3, -1).min(axis=1), 0.0)
+        largest = np.maximum(values.reshape(3, -1).max(axis=1), 0.0)
+        return low + smallest, high + largest
+
+    def map(self, points: np.ndarray) -> np.ndarray:
+        """``p + u(p)`` for (N, 3) LPS points inside the box given to `prepare`."""
+        if self._loaded is None:
+            return points
+        start, values = self._loaded
+        index = self.grid.to_index(points)
+        inside = self.grid.inside(index)
+        local = (index - start).T  # (3, N) for map_coordinates
+        displaced = points.copy()
+        if not inside.any():
+            return displaced
+        local = local[:, inside]
+        for component in range(3):
+            # mode="nearest" clamps the neighbours at the border, as ITK's linear interpolator does
+            displaced[inside, component] += ndimage.map_coordinates(values[component], local, order=1, mode="nearest", prefilter=False)
+        return displaced
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"field": self.uri, "shape": list(self.grid.shape), "matrix": self.grid.matrix.round(9).tolist(), "offset": self.grid.offset.round(6).tolist()}
+
+
+def read_vector_field(uri: str, storage_options: dict[str, Any] | None = None) -> DisplacementField:
+    """Open an OME-Zarr displacement field written by `write_vector_field`."""
+    try:
+        group = open_group(uri, mode="r", storage_options=storage_options)
+        attrs = dict(group.attrs)
+    except Exception as error:
+        raise InputError(uri, f"cannot open displacement field ({type(error).__name__}: {error})") from None
+    if FIELD_KEY not in attrs or "ome" not in attrs:
+        raise InputError(uri, "not a scalereg displacement field (no 'scalereg_field' metadata)")
+    multiscale = attrs["ome"]["multiscales"][0]
+    axes = multiscale["axes"]
+    dataset = multiscale["datasets"][0]
+    scale = translation = None
+    for transform in dataset["coordinateTransformations"]:
+        if transform["type"] == "scale":
+            scale = transform["scale"][1:]
+        elif transform["type"] == "translation":
+            translation = transform["translation"][1:]
+    units = {parse_unit(a.get("unit", "micrometer"), uri) for a in axes[1:]}
+    orientation = orientation_from_rfc4([a.get("orientation") for a in axes[1:]], subject=uri)
+    if scale is None or len(units) != 1 or orientation is None:
+        raise InputError(uri, "displacement field metadata lacks scale, a single unit or an orientation")
+    geometry = Geometry(spacing=scale, origin=translation or (0.0, 0.0, 0.0), unit=units.pop(), orientation=orientation)
+    array = group[dataset["path"]]
+    if len(array.shape) != 4 or array.shape[0] != 3:
+        raise InputError(uri, f"expected a (3, z, y, x) displacement array, found shape {array.shape}")
+    return DisplacementField(uri=uri, grid=GridMap.of(geometry, array.shape[1:]), path=dataset["path"], storage_options=storage_options)
+
+
+def nifti_field_grid(path: str) -> GridMap:
+    """The grid of an ANTs displacement field file, from its header only."""
+    from scalereg.register.ants_image import ants, geometry_from_ants_header
+
+    try:
+        header = ants.image_header_info(path)
+    except Exception as error:
+        raise InputError(path, f"cannot read the NIfTI header ({type(error).__name__}: {error})") from None
+    if header["nDimensions"] != 3 or header["nComponents"] != 3:
+        raise InputError(path, f"not a 3D displacement field ({header['nDimensions']}D, {header['nComponents']} components)")
+    geometry = geometry_from_ants_header(header["spacing"], header["origin"], np.asarray(header["direction"]), path)
+    return GridMap.of(geometry, tuple(int(n) for n in reversed(header["dimensions"])))
+
+
+def convert_nifti_field(path: str, uri: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Write the ANTs displacement field at ``path`` as an OME-Zarr field at ``uri``."""
+    from scalereg.omezarr.write_vector_field import write_vector_field
+    from scalereg.register.ants_image import ants, ants_image_geometry, from_ants_image
+
+    image = ants.image_read(path)
+    if image.dimension != 3 or image.components != 3:
+        raise InputError(path, f"not a 3D displacement field ({image.dimension}D, {image.components} components)")
+    values = np.moveaxis(from_ants_image(image), -1, 0)
+    if not np.all(np.isfinite(values)):
+        raise InputError(path, "displacement field contains NaN/Inf values")
+    write_vector_field(uri, values, ants_image_geometry(image, path), f"converted from {path}", storage_options=storage_options)

@@ -1,0 +1,184 @@
+"""A list of transforms applied to LPS points one after the other, as ANTs does.
+
+``TransformChain([T1, ..., Tn])`` maps a point p of the output (reference) space to
+``Tn(...T2(T1(p)))`` in the source space: the same list and the same meaning as
+``ants.apply_transforms(fixed, moving, transformlist=[T1, ..., Tn])``, which resamples
+``moving`` onto ``fixed`` by sampling it at those points.
+
+`load_transform_chain` reads either a scalereg transform directory (its manifest
+says which files make the forward and the inverse mapping) or ANTs transform files:
+affine ``.mat`` (``[file.mat,1]`` or ``!file.mat`` to invert, as antsApplyTransforms
+writes it) and displacement fields (``.nii.gz``, or OME-Zarr fields).  NIfTI fields
+are converted once to chunked OME-Zarr (`prepare`) so that each tile reads only the
+part of the field it needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field as dataclass_field
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import numpy as np
+
+from scalereg.errors import InputError
+from scalereg.storage import exists, is_remote, join, normalize_uri, write_marker
+from scalereg.transforms.affine_transform import AffineTransform, read_ants_affine
+from scalereg.transforms.displacement_field import (
+    NIFTI_SUFFIXES,
+    DisplacementField,
+    convert_nifti_field,
+    nifti_field_grid,
+    read_vector_field,
+)
+
+MANIFEST = "manifest.json"
+Component = Union[AffineTransform, DisplacementField]
+
+
+@dataclass
+class TransformChain:
+    components: list[Component]
+    # what the chain was made from, for provenance and fingerprints
+    description: list[dict[str, Any]]
+    manifest: dict[str, Any] | None = None
+    # NIfTI fields still to be converted: (NIfTI path, OME-Zarr uri)
+    pending: list[tuple[str, str]] = dataclass_field(default_factory=list)
+
+    def prepare(self, low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Load what mapping points in the LPS box [low, high] needs (the parts of the
+        fields); return a box that holds all their images."""
+        for component in self.components:
+            if isinstance(component, AffineTransform):
+                low, high = component.map_box(low, high)
+            else:
+                low, high = component.prepare(low, high)
+        return low, high
+
+    def map(self, points: np.ndarray) -> np.ndarray:
+        """(N, 3) LPS points of the output space -> their positions in the source space."""
+        for component in self.components:
+            points = component.map(points)
+        return points
+
+    def linear_part(self) -> AffineTransform:
+        """The chain with every field dropped (for estimates: scale, overlap)."""
+        total = AffineTransform(np.eye(3), np.zeros(3))
+        for component in self.components:
+            if isinstance(component, AffineTransform):
+                total = total.then(component)
+        return total
+
+    def fields(self) -> list[DisplacementField]:
+        return [c for c in self.components if isinstance(c, DisplacementField)]
+
+    def convert_fields(self, storage_options: dict[str, Any] | None = None) -> None:
+        """Convert the NIfTI fields to OME-Zarr (once: a marker records each finished one)."""
+        for path, uri in self.pending:
+            done = join(uri, ".converted")
+            if not exists(done, storage_options):
+                convert_nifti_field(path, uri, storage_options)
+                write_marker(done, storage_options=storage_options)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.description, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def load_transform_chain(
+    transforms: str | Sequence[str],
+    inverse: bool = False,
+    field_cache: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> TransformChain:
+    """The chain of ``transforms``: one scalereg transform directory, or ANTs files in
+    ``ants.apply_transforms`` order.  ``inverse`` selects a directory's inverse mapping
+    (fixed -> moving images, moving -> fixed points).  ``field_cache`` is where NIfTI
+    fields are converted to (required when there are any)."""
+    items = [transforms] if isinstance(transforms, (str, os.PathLike)) else list(transforms)
+    if not items:
+        raise InputError("transform", "no transform given")
+    if len(items) == 1 and os.path.isdir(str(items[0])) and not str(items[0]).rstrip("/").endswith(".zarr"):
+        return _from_directory(str(items[0]), inverse, storage_options)
+    if inverse:
+        raise InputError("--inverse", "applies to a scalereg transform directory; for ANTs files list the inverse transforms themselves")
+    components: list[Component] = []
+    description: list[dict[str, Any]] = []
+    pending: list[tuple[str, str]] = []
+    for position, item in enumerate(items):
+        path, invert = _parse_item(str(item))
+        lowered = path.lower().rstrip("/")
+        if lowered.endswith(".mat"):
+            components.append(read_ants_affine(path, invert))
+            description.append({"affine": os.path.abspath(path), "invert": invert, "sha256": _file_hash(path)})
+        elif lowered.endswith(NIFTI_SUFFIXES):
+            if invert:
+                raise InputError(path, "a displacement field cannot be inverted here; give its inverse field (e.g. the 1InverseWarp.nii.gz ANTs wrote)")
+            if not os.path.exists(path):
+                raise InputError(path, "transform file not found")
+            if field_cache is None:
+                raise InputError(path, "a NIfTI displacement field needs a place to be converted to (field_cache)")
+            stat = os.stat(path)
+            key = hashlib.sha256(f"{os.path.abspath(path)}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+            uri = join(field_cache, f"field-{position}-{key}.ome.zarr")
+            components.append(DisplacementField(uri=uri, grid=nifti_field_grid(path), storage_options=storage_options))
+            pending.append((path, uri))
+            description.append({"field": os.path.abspath(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
+        elif lowered.endswith(".zarr"):
+            if invert:
+                raise InputError(path, "a displacement field cannot be inverted here; give its inverse field")
+            component = read_vector_field(normalize_uri(path), storage_options)
+            components.append(component)
+            description.append(component.fingerprint())
+        else:
+            raise InputError(path, "unknown transform type: expected an ANTs affine (.mat), a displacement field (.nii.gz, OME-Zarr) or a scalereg transform directory")
+    return TransformChain(components, description, None, pending)
+
+
+def _from_directory(directory: str, inverse: bool, storage_options: dict[str, Any] | None) -> TransformChain:
+    root = Path(directory)
+    manifest_path = root / MANIFEST
+    if not manifest_path.exists():
+        raise InputError(directory, "not a complete transform directory (no manifest.json: the registration did not finish)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as error:
+        raise InputError(str(manifest_path), f"unreadable manifest ({error})") from None
+    chains = (manifest.get("outputs") or {}).get("chains")
+    if manifest.get("kind") != "scalereg-transform" or not chains:
+        raise InputError(directory, "manifest.json is not a scalereg transform manifest (no 'outputs.chains')")
+    components: list[Component] = []
+    for entry in chains["inverse" if inverse else "forward"]:
+        path = str(root / entry["path"])
+        if entry["kind"] == "affine":
+            components.append(read_ants_affine(path, entry.get("invert", False)))
+        else:
+            if not os.path.isdir(path):
+                raise InputError(path, "displacement field listed in the manifest is missing")
+            components.append(read_vector_field(path, storage_options))
+    description = [{"directory": os.path.abspath(directory), "inputs_key": manifest.get("inputs_key"), "inverse": inverse}]
+    return TransformChain(components, description, manifest)
+
+
+def _parse_item(item: str) -> tuple[str, bool]:
+    """``path``, ``[path,1]`` (antsApplyTransforms' way to invert) or ``!path``."""
+    text = item.strip()
+    if text.startswith("[") and text.endswith("]"):
+        path, _, flag = text[1:-1].rpartition(",")
+        if not path or flag.strip() not in ("0", "1"):
+            raise InputError(item, "expected [file,0] or [file,1]")
+        return path.strip(), flag.strip() == "1"
+    if text.startswith("!"):
+        return text[1:], True
+    if is_remote(text):
+        raise InputError(text, "transform files must be local files")
+    return text, False
+
+
+def _file_hash(path: str) -> str:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    except FileNotFoundError:
+        raise InputError(path, "transform file not found") from None
