@@ -9,23 +9,19 @@ Run as a script:  python -m flows.convert_volume SOURCE OUTPUT.ome.zarr --spacin
 
 from __future__ import annotations
 
-import time
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
-from prefect.futures import as_completed
 from prefect.states import Completed, Failed, State
-from tqdm import tqdm
 
 from flows.cluster import cluster_threads, dask_cluster, runner_for
-from scalereg.blocks import block_name
-from scalereg.convert import finish_conversion, finish_level, plan_conversion, prepare_output
+from flows.write_levels import write_levels
+from scalereg.convert import plan_conversion, prepare_output
 from scalereg.convert.plan_conversion import DEFAULT_MEMORY_BUDGET
 from scalereg.errors import InputError
 from scalereg.storage import redact_uri
-from tasks.artifacts import ProgressArtifact, artifact_key, publish_level_table, publish_report
-from tasks.convert import convert_blocks
-from tasks.failures import BAD_INPUT, bad_input_message
+from tasks.artifacts import artifact_key, publish_report
+from tasks.failures import BAD_INPUT
 
 
 @flow(name="convert-volume", log_prints=True)
@@ -111,47 +107,13 @@ def convert_volume_blocks(
             return {"output": plan.output, "state": state, "levels": []}
         if state == "resume":
             logger.info("resuming %s: blocks with completion markers are skipped", plan.output)
-        shipped = plan.for_tasks()
-        progress = ProgressArtifact(name, plan.block_count, f"Blocks written for {plan.output}")
-        rows = []
-        with tqdm(total=plan.block_count, desc="convert", unit="block", disable=None) as bar:
-            for level in plan.levels:
-                start = time.perf_counter()
-                futures = [
-                    convert_blocks.submit(shipped, level.index, batch, block_label=f"{block_name(batch[0])}-x{len(batch)}")
-                    for batch in batches(list(level.blocks), tasks_per_level)
-                ]
-                results = []
-                for future in as_completed(futures):
-                    future.result(raise_on_failure=False)  # waits; the state is final after this
-                    failure = bad_input_message(future.state)
-                    if failure:
-                        return Failed(name=BAD_INPUT, message=failure)
-                    done = future.result()
-                    results.extend(done)
-                    bar.update(len(done))
-                    progress.advance(len(done))
-                row = finish_level(plan, level.index, results, time.perf_counter() - start)
-                publish_level_table(name, row)
-                rows.append(row)
-                logger.info("level %d: %s voxels, %d blocks, %.1f s", level.index, row["shape"], row["blocks"], row["seconds"])
-        finish_conversion(plan)
+        rows = write_levels(plan, name, tasks_per_level)
+        if isinstance(rows, State):
+            return rows
         publish_report(name, _report(plan, rows), f"Conversion of {redact_uri(plan.source.uri)}")
         return Completed(data={"output": plan.output, "state": state, "levels": rows}, message=f"wrote {plan.output}")
     except InputError as error:
         return Failed(name=BAD_INPUT, message=str(error))
-
-
-def batches(blocks: list, count: int) -> list[list]:
-    """``blocks`` in at most ``count`` contiguous batches of nearly equal size."""
-    count = max(1, min(count, len(blocks)))
-    size, extra = divmod(len(blocks), count)
-    out, start = [], 0
-    for index in range(count):
-        stop = start + size + (1 if index < extra else 0)
-        out.append(blocks[start:stop])
-        start = stop
-    return [batch for batch in out if batch]
 
 
 def _report(plan, rows: list[dict[str, Any]]) -> str:

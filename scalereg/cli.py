@@ -1,6 +1,6 @@
 """The `scalereg` command.
 
-Commands that run work (convert, demo) run the Prefect flows in flows/; they are
+Commands that run work (convert, warp, demo) run the Prefect flows in flows/; they are
 imported only when used, so the core stays free of Prefect.  A user error prints
 one line and exits with code 2.
 """
@@ -58,6 +58,39 @@ def _parser() -> argparse.ArgumentParser:
     register.add_argument("--overwrite", action="store_true", help="replace a transform directory written for other inputs")
     register.add_argument("--dry-run", action="store_true", help="print the plan (levels, memory, where it stops) and stop")
     register.set_defaults(run=_register)
+
+    warp = commands.add_parser("warp", help="warp a full-resolution OME-Zarr volume onto a reference grid, tile by tile")
+    warp.add_argument("--transform", action="append", required=True, metavar="T",
+                      help="a scalereg transform directory, or ANTs transform files (repeat; .mat, [file.mat,1] to invert, "
+                           ".nii.gz fields) in ants.apply_transforms order")
+    warp.add_argument("--moving", required=True, help="OME-Zarr pyramid to warp")
+    warp.add_argument("--reference", required=True, help="OME-Zarr pyramid whose grid the output takes")
+    warp.add_argument("--out", required=True, help="output OME-Zarr pyramid")
+    warp.add_argument("--level", type=int, default=0, help="reference level that sets the output grid (default 0)")
+    warp.add_argument("--moving-level", type=int, default=None, help="moving level to read (default: the one matching the output's spacing)")
+    warp.add_argument("--interpolation", choices=["linear", "bspline", "nearest", "label"], default="linear",
+                      help="linear (default), bspline, nearest, or label (ANTs' genericLabel: label values preserved)")
+    warp.add_argument("--inverse", action="store_true", help="use the transform directory's inverse: fixed-space images onto the moving grid")
+    warp.add_argument("--output-dtype", default=None, help="output type (default: the moving image's); values are rounded and clipped")
+    warp.add_argument("--memory-budget", default=None, help="memory per task, e.g. 512MiB (sets the tile size)")
+    warp.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    warp.add_argument("--cluster", default="local", help="local, a profile in infra/clusters, a YAML file or tcp://host:port")
+    warp.add_argument("--dry-run", action="store_true", help="print the plan (tiles, memory per task) and stop")
+    warp.set_defaults(run=_warp)
+
+    points = commands.add_parser("transform-points", help="map a CSV of point coordinates (e.g. cells) between moving and fixed space")
+    points.add_argument("--transform", action="append", required=True, metavar="T",
+                        help="a scalereg transform directory, or ANTs files in ants.apply_transforms_to_points order")
+    points.add_argument("--points", required=True, help="CSV with columns z,y,x (voxel, physical) or x,y,z (lps); other columns are kept")
+    points.add_argument("--out", required=True, help="CSV to write: the mapped coordinates plus outside_field and outside_image flags")
+    points.add_argument("--from", dest="source_space", choices=["moving", "fixed"], default="moving",
+                        help="space the points are in (default moving: sample -> atlas); with a transform directory")
+    points.add_argument("--coordinates", choices=["voxel", "physical", "lps"], default="voxel",
+                        help="voxel (level-0 indices, default), physical (the OME-Zarr's frame and unit) or lps (micrometers)")
+    points.add_argument("--source-image", default=None, help="OME-Zarr the points refer to (default: from the transform directory)")
+    points.add_argument("--target-image", default=None, help="OME-Zarr of the target space (default: from the transform directory)")
+    points.add_argument("--drop-outside", action="store_true", help="leave out points that land outside the target image")
+    points.set_defaults(run=_transform_points)
 
     info = commands.add_parser("info", help="print an OME-Zarr image's levels, shapes, spacing, orientation")
     info.add_argument("path")
@@ -177,6 +210,87 @@ def _register(args: argparse.Namespace) -> int:
         on_step=_print_step,
     )
     print(f"wrote {os.path.abspath(args.out)}: forward {manifest['outputs']['forward']}")
+    return 0
+
+
+def _warp(args: argparse.Namespace) -> int:
+    from scalereg.convert import output_state
+    from scalereg.warp import DEFAULT_WARP_BUDGET, plan_warp
+
+    options = {
+        "transform": [_path_or_uri(t) if not t.startswith(("[", "!")) else t for t in args.transform],
+        "moving": _path_or_uri(args.moving),
+        "reference": _path_or_uri(args.reference),
+        "output": _path_or_uri(args.out),
+        "level": args.level,
+        "moving_level": args.moving_level,
+        "interpolation": args.interpolation,
+        "inverse": args.inverse,
+        "output_dtype": args.output_dtype,
+        "memory_budget": args.memory_budget or DEFAULT_WARP_BUDGET,
+    }
+    # Plan here first: bad input fails in a second, before any cluster starts.
+    plan = plan_warp(**options)
+    state = output_state(plan, overwrite=args.overwrite)
+    _print_plan(plan)
+    if state != "new":
+        print(f"{plan.output}: an earlier run of this warp exists ({state}); it will be {'left as is' if state == 'complete' else 'resumed'}")
+    if args.dry_run:
+        return 0
+    _quiet_prefect()
+    from flows.warp_volume import warp_volume
+
+    flow_state = warp_volume(**options, overwrite=args.overwrite, cluster=args.cluster, return_state=True)
+    if flow_state.is_failed():
+        print(f"scalereg: error: {flow_state.message}", file=sys.stderr)
+        return EXIT_USER_ERROR if flow_state.name == BAD_INPUT_STATE else 1
+    result = flow_state.result()
+    outside = result["levels"][0].get("tiles_outside", 0) if result["levels"] else 0
+    print(f"wrote {result['output']} ({result['state']})" + (f"; {outside} tiles mapped entirely outside the moving image" if outside else ""))
+    return 0
+
+
+def _transform_points(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from scalereg.transforms.transform_points import transform_points
+
+    try:
+        table = pd.read_csv(args.points)
+    except (FileNotFoundError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise InputError(args.points, f"cannot read the CSV ({type(error).__name__}: {error})") from None
+    names = ["x", "y", "z"] if args.coordinates == "lps" else ["z", "y", "x"]
+    columns = {c.strip().lower(): c for c in table.columns}
+    missing = [n for n in names if n not in columns]
+    if missing:
+        raise InputError(args.points, f"needs columns {','.join(names)} for {args.coordinates} coordinates; found {', '.join(map(str, table.columns))}")
+    try:
+        values = table[[columns[n] for n in names]].apply(pd.to_numeric, errors="raise").to_numpy(dtype=float)
+    except ValueError as error:
+        raise InputError(args.points, f"coordinates must be numbers ({error})") from None
+    transform = args.transform[0] if len(args.transform) == 1 else args.transform
+    result = transform_points(
+        values,
+        transform,
+        source_space=args.source_space,
+        coordinates=args.coordinates,
+        source_image=args.source_image,
+        target_image=args.target_image,
+    )
+    out = table.copy()
+    for position, name in enumerate(names):
+        out[columns[name]] = result.points[:, position]
+    out["outside_field"] = result.outside_field
+    if result.outside_image is not None:
+        out["outside_image"] = result.outside_image
+        if args.drop_outside:
+            out = out[~result.outside_image]
+    out.to_csv(args.out, index=False)
+    outside = int(result.outside_image.sum()) if result.outside_image is not None else 0
+    print(
+        f"wrote {args.out}: {len(table)} points, {int(result.outside_field.sum())} outside the displacement field "
+        f"(moved by the affine only), {outside} outside the target image" + (" (dropped)" if args.drop_outside and outside else "")
+    )
     return 0
 
 

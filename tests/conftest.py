@@ -64,3 +64,39 @@ def mouse_pyramid(sample_volumes, tmp_path_factory):
     out = tmp_path_factory.mktemp("mouse") / "mouse.ome.zarr"
     convert_volume(str(mouse.path), str(out), spacing=mouse.spacing, unit=mouse.unit, orientation=mouse.orientation, chunks=64)
     return out
+
+
+QUICK_MOUSE_SCHEDULE = {
+    "name": "test-mouse",
+    "steps": [
+        {"spacing": 200, "transform": "rigid", "iterations": [300, 100], "shrink_factors": [2, 1], "smoothing_sigmas": [1, 0]},
+        {"spacing": 200, "transform": "affine", "iterations": [300, 100], "shrink_factors": [2, 1], "smoothing_sigmas": [1, 0]},
+        {"spacing": 100, "transform": "syn", "metric": "mattes", "iterations": [30, 10], "shrink_factors": [2, 1],
+         "smoothing_sigmas": [1, 0], "gradient_step": 0.25},
+    ],
+}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def mouse_registration(mouse_pyramid, tmp_path_factory):
+    """The sample mouse (fixed), a copy moved by a known affine and warp (moving), and
+    the transform directory of registering the copy back (a real, quick registration)."""
+    import zarr
+
+    from scalereg.convert import convert_volume
+    from scalereg.omezarr import read_pyramid
+    from scalereg.register import register_pyramids
+    from scalereg.register.ants_image import to_ants_image
+    from scalereg.synthetic import deform, make_deformation
+
+    tmp = tmp_path_factory.mktemp("mouse-registration")
+    layout = read_pyramid(str(mouse_pyramid))
+    volume = zarr.open_array(str(mouse_pyramid / "0"))[:]
+    truth = make_deformation(to_ants_image(volume, layout.geometry), tmp / "truth", rotation_degrees=5, shift_um=200, warp_um=100)
+    zarr.save_array(str(tmp / "moved.zarr"), deform(volume, layout.geometry, truth))
+    moving = tmp / "moved.ome.zarr"
+    geometry = layout.geometry
+    convert_volume(str(tmp / "moved.zarr"), str(moving), spacing=geometry.spacing, unit=geometry.unit, origin=geometry.origin, orientation=geometry.orientation, chunks=64)
+    transform = tmp / "transform"
+    manifest = register_pyramids(str(mouse_pyramid), str(moving), str(transform), schedule=QUICK_MOUSE_SCHEDULE)
+    return {"tmp": tmp, "fixed": mouse_pyramid, "moving": moving, "transform": transform, "manifest": manifest, "truth": truth}

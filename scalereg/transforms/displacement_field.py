@@ -63,13 +63,16 @@ class DisplacementField:
         largest = np.maximum(values.reshape(3, -1).max(axis=1), 0.0)
         return low + smallest, high + largest
 
-    def map(self, points: np.ndarray) -> np.ndarray:
-        """``p + u(p)`` for (N, 3) LPS points inside the box given to `prepare`."""
+    def map(self, points: np.ndarray, outside: np.ndarray | None = None) -> np.ndarray:
+        """``p + u(p)`` for (N, 3) LPS points inside the box given to `prepare`;
+        ``outside`` (bool, N) is set where a point is off the field's grid."""
+        index = self.grid.to_index(points)
+        inside = self.grid.inside(index)
+        if outside is not None:
+            outside |= ~inside
         if self._loaded is None:
             return points
         start, values = self._loaded
-        index = self.grid.to_index(points)
-        inside = self.grid.inside(index)
         local = (index - start).T  # (3, N) for map_coordinates
         displaced = points.copy()
         if not inside.any():

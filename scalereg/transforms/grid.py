@@ -21,6 +21,9 @@ class GridMap:
     matrix: np.ndarray  # (3, 3): columns are the LPS steps of one voxel along z, y, x
     offset: np.ndarray  # (3,): LPS position of the centre of voxel (0, 0, 0)
     shape: tuple[int, int, int]
+    # the grid's own axis-aligned frame (OME-Zarr scale and translation, in its unit)
+    physical_spacing: np.ndarray | None = None
+    physical_origin: np.ndarray | None = None
     inverse: np.ndarray = None  # type: ignore[assignment]  # matrix^-1, filled in by __post_init__
 
     def __post_init__(self) -> None:
@@ -32,7 +35,13 @@ class GridMap:
         direction = geometry.direction()  # columns z, y, x in LPS
         matrix = direction * (np.asarray(geometry.spacing) * scale)[None, :]
         offset = direction @ np.asarray(geometry.origin) * scale
-        return cls(matrix=matrix, offset=offset, shape=tuple(int(n) for n in shape))  # type: ignore[arg-type]
+        return cls(
+            matrix=matrix,
+            offset=offset,
+            shape=tuple(int(n) for n in shape),  # type: ignore[arg-type]
+            physical_spacing=np.asarray(geometry.spacing, dtype=float),
+            physical_origin=np.asarray(geometry.origin, dtype=float),
+        )
 
     def to_lps(self, index: np.ndarray) -> np.ndarray:
         """(N, 3) z, y, x indices -> (N, 3) LPS micrometers."""

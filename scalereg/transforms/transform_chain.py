@@ -58,10 +58,16 @@ class TransformChain:
                 low, high = component.prepare(low, high)
         return low, high
 
-    def map(self, points: np.ndarray) -> np.ndarray:
-        """(N, 3) LPS points of the output space -> their positions in the source space."""
+    def map(self, points: np.ndarray, outside_field: np.ndarray | None = None) -> np.ndarray:
+        """(N, 3) LPS points of the output space -> their positions in the source space.
+
+        ``outside_field`` (bool, N), if given, is set for points that fell off a
+        displacement field's grid (they moved by the affine parts only)."""
         for component in self.components:
-            points = component.map(points)
+            if isinstance(component, DisplacementField):
+                points = component.map(points, outside_field)
+            else:
+                points = component.map(points)
         return points
 
     def linear_part(self) -> AffineTransform:

@@ -197,16 +197,30 @@ def _check_overlap(chain: TransformChain, reference: GridMap, moving: GridMap, r
     transform's linear part, must land at least partly inside the moving image."""
     axes = [np.linspace(0, n - 1, min(n, OVERLAP_LATTICE)) for n in reference.shape]
     lattice = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
-    mapped = moving.to_index(chain.linear_part().map(reference.to_lps(lattice)))
-    if moving.inside(mapped).any():
-        return
+    mapped_lps = chain.linear_part().map(reference.to_lps(lattice))
     units = {ref_layout.geometry.unit, mov_layout.geometry.unit}
+    if len(units) > 1:
+        # Mixed units are converted, but an image whose unit is wrong (micrometer
+        # values labelled millimeter) is off by a factor of 1000: compare the sizes.
+        ratio = _extent(mapped_lps) / max(_extent(moving.corners_lps()), 1e-9)
+        if not 0.1 <= ratio <= 10:
+            raise InputError(
+                f"{reference_uri} / {moving_uri}",
+                f"the reference is in {ref_layout.geometry.unit}s and the moving image in {mov_layout.geometry.unit}s, and "
+                f"their extents differ {ratio:.3g}-fold once converted: check that both units are right",
+            )
+    if moving.inside(moving.to_index(mapped_lps)).any():
+        return
     hint = (
         f"the reference is in {ref_layout.geometry.unit}s and the moving image in {mov_layout.geometry.unit}s: check that both units are right"
         if len(units) > 1
         else "check the transform's direction (--inverse), the images' origins and orientation codes"
     )
     raise InputError(f"{reference_uri} / {moving_uri}", f"the transform maps the whole reference grid outside the moving image; {hint}")
+
+
+def _extent(points: np.ndarray) -> float:
+    return float(np.linalg.norm(points.max(axis=0) - points.min(axis=0)))
 
 
 def _notes(ref_layout: PyramidLayout, mov_layout: PyramidLayout, moving_level: int, reference: str, moving: str) -> list[str]:

@@ -1,0 +1,146 @@
+"""Flow: warp a full-resolution OME-Zarr volume (or labels) onto a reference grid, tile by tile.
+
+Produces: the warped OME-Zarr pyramid at ``output`` (validated NGFF metadata, marked
+complete only when every level is written; tiles with completion markers are
+skipped on a re-run), a table artifact per level (including the tiles that mapped
+entirely outside the moving image), a progress artifact and a markdown report.
+
+Run as a script:  python -m flows.warp_volume --transform TX_DIR --moving M.ome.zarr --reference F.ome.zarr --out W.ome.zarr
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger
+from prefect.states import Completed, Failed, State
+
+from flows.cluster import cluster_threads, dask_cluster, runner_for
+from flows.write_levels import write_levels
+from scalereg.convert import prepare_output
+from scalereg.errors import InputError
+from scalereg.storage import redact_uri
+from scalereg.warp import DEFAULT_WARP_BUDGET, plan_warp
+from tasks.artifacts import artifact_key, publish_report
+from tasks.failures import BAD_INPUT
+
+Interpolation = Literal["linear", "bspline", "nearest", "label"]
+
+
+@flow(name="warp-volume", log_prints=True)
+def warp_volume(
+    transform: list[str],
+    moving: str,
+    reference: str,
+    output: str,
+    level: int = 0,
+    moving_level: int | None = None,
+    interpolation: Interpolation = "linear",
+    inverse: bool = False,
+    output_dtype: str | None = None,
+    memory_budget: str = DEFAULT_WARP_BUDGET,
+    overwrite: bool = False,
+    cluster: str = "local",
+) -> dict[str, Any] | State:
+    """Resample ``moving`` onto the grid of ``reference`` (its level ``level``) through
+    ``transform`` (a scalereg transform directory, or ANTs files in
+    ``ants.apply_transforms`` order) on the Dask cluster ``cluster``."""
+    with dask_cluster(cluster) as address:
+        tiles_flow = warp_volume_tiles.with_options(task_runner=runner_for(address))
+        state = tiles_flow(
+            transform=transform,
+            moving=moving,
+            reference=reference,
+            output=output,
+            level=level,
+            moving_level=moving_level,
+            interpolation=interpolation,
+            inverse=inverse,
+            output_dtype=output_dtype,
+            memory_budget=memory_budget,
+            overwrite=overwrite,
+            tasks_per_level=4 * cluster_threads(address),
+            return_state=True,
+        )
+    if state.is_failed():
+        return Failed(name=state.name, message=state.message)
+    return state.result()
+
+
+@flow(name="warp-volume-tiles", log_prints=True)
+def warp_volume_tiles(
+    transform: list[str],
+    moving: str,
+    reference: str,
+    output: str,
+    level: int = 0,
+    moving_level: int | None = None,
+    interpolation: Interpolation = "linear",
+    inverse: bool = False,
+    output_dtype: str | None = None,
+    memory_budget: str = DEFAULT_WARP_BUDGET,
+    overwrite: bool = False,
+    tasks_per_level: int = 8,
+) -> dict[str, Any] | State:
+    """The warp's tiles (level 0) and the output pyramid's blocks as tasks, level after level."""
+    logger = get_run_logger()
+    try:
+        plan = plan_warp(
+            transform,
+            moving,
+            reference,
+            output,
+            level=level,
+            moving_level=moving_level,
+            interpolation=interpolation,
+            inverse=inverse,
+            output_dtype=output_dtype,
+            memory_budget=memory_budget,
+        )
+        for note in plan.notes:
+            logger.info(note)
+        state = prepare_output(plan, overwrite=overwrite)
+        name = artifact_key(plan.layout.name)
+        if state == "complete":
+            logger.info("%s is already complete for this warp: nothing to do", plan.output)
+            return {"output": plan.output, "state": state, "levels": []}
+        if state == "resume":
+            logger.info("resuming %s: tiles with completion markers are skipped", plan.output)
+        rows = write_levels(plan, name, tasks_per_level, label="tiles")
+        if isinstance(rows, State):
+            return rows
+        outside = rows[0].get("tiles_outside", 0)
+        if outside:
+            logger.warning("%d tiles of %d mapped entirely outside the moving image (written as background)", outside, rows[0]["blocks"])
+        publish_report(name, _report(plan, rows, transform, inverse), f"Warp of {redact_uri(moving)}")
+        return Completed(data={"output": plan.output, "state": state, "levels": rows}, message=f"wrote {plan.output}")
+    except InputError as error:
+        return Failed(name=BAD_INPUT, message=str(error))
+
+
+def _report(plan, rows: list[dict[str, Any]], transform: list[str], inverse: bool) -> str:
+    source = plan.source
+    lines = [
+        f"# Warp of `{redact_uri(source.uri)}`",
+        "",
+        f"Transform: {', '.join(f'`{t}`' for t in ([transform] if isinstance(transform, str) else transform))}"
+        f"{' (inverse)' if inverse else ''}; interpolation {source.interpolation}",
+        f"Output: `{plan.output}` on the reference grid {' x '.join(map(str, plan.layout.shape))} "
+        f"({plan.layout.dtype}, orientation {plan.layout.geometry.orientation})",
+        "",
+        "| level | shape | spacing | tiles/blocks | skipped | outside | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['level']} | {' x '.join(map(str, row['shape']))} | {' x '.join(f'{s:g}' for s in row['spacing'])} {row['unit']} | "
+            f"{row['blocks']} | {row['skipped']} | {row.get('tiles_outside', '')} | {row['seconds']} |"
+        )
+    lines += [""] + [f"- note: {note}" for note in plan.notes]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    from scalereg.cli import main
+
+    raise SystemExit(main(["warp", *__import__("sys").argv[1:]]))

@@ -1,0 +1,66 @@
+"""Write every level of a planned pyramid as tasks on the running flow's task runner.
+
+Shared by the flows that write pyramids (convert-volume, warp-volume): a plan's
+blocks, batched into tasks level after level, with a table artifact per level, a
+progress artifact and a terminal progress bar.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import get_run_logger
+from prefect.futures import as_completed
+from prefect.states import Failed, State
+from tqdm import tqdm
+
+from scalereg.blocks import block_name
+from scalereg.convert import ConversionPlan, finish_conversion, finish_level
+from tasks.artifacts import ProgressArtifact, publish_level_table
+from tasks.convert import convert_blocks
+from tasks.failures import BAD_INPUT, bad_input_message
+
+
+def write_levels(plan: ConversionPlan, name: str, tasks_per_level: int, label: str = "blocks") -> list[dict[str, Any]] | State:
+    """Run every level of ``plan`` (already prepared); returns the level rows, or a
+    failed state naming the bad input when a task found one."""
+    logger = get_run_logger()
+    shipped = plan.for_tasks()
+    progress = ProgressArtifact(name, plan.block_count, f"{label.capitalize()} written for {plan.output}")
+    rows = []
+    with tqdm(total=plan.block_count, desc=name, unit=label.rstrip("s"), disable=None) as bar:
+        for level in plan.levels:
+            start = time.perf_counter()
+            futures = [
+                convert_blocks.submit(shipped, level.index, batch, block_label=f"{block_name(batch[0])}-x{len(batch)}")
+                for batch in batches(list(level.blocks), tasks_per_level)
+            ]
+            results = []
+            for future in as_completed(futures):
+                future.result(raise_on_failure=False)  # waits; the state is final after this
+                failure = bad_input_message(future.state)
+                if failure:
+                    return Failed(name=BAD_INPUT, message=failure)
+                done = future.result()
+                results.extend(done)
+                bar.update(len(done))
+                progress.advance(len(done))
+            row = finish_level(plan, level.index, results, time.perf_counter() - start)
+            publish_level_table(name, row)
+            rows.append(row)
+            logger.info("level %d: %s voxels, %d %s, %.1f s", level.index, row["shape"], row["blocks"], label, row["seconds"])
+    finish_conversion(plan)
+    return rows
+
+
+def batches(blocks: list, count: int) -> list[list]:
+    """``blocks`` in at most ``count`` contiguous batches of nearly equal size."""
+    count = max(1, min(count, len(blocks)))
+    size, extra = divmod(len(blocks), count)
+    out, start = [], 0
+    for index in range(count):
+        stop = start + size + (1 if index < extra else 0)
+        out.append(blocks[start:stop])
+        start = stop
+    return [batch for batch in out if batch]
