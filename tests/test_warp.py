@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -214,3 +215,123 @@ def test_points_agree_with_ants_and_are_flagged_outside_the_field(pair):
     result = transform_points(points, pair["forward"], coordinates="lps")
     assert np.abs(result.points - expected).max() < 1e-2
     assert not result.outside_field[:300].any() and result.outside_field[300:].all()
+
+
+# ---------------------------------------------------------------- with a real registration
+
+
+def _mouse_labels(fixed) -> np.ndarray:
+    """Three smooth tissue classes of the sample mouse (by intensity), as labels 0, 10, 20, 30."""
+    volume = zarr.open_array(str(fixed / "0"))[:].astype(np.float32)
+    smooth = ndimage.gaussian_filter(volume, 2)
+    brain = smooth > smooth.mean()
+    bands = np.quantile(smooth[brain], [1 / 3, 2 / 3])
+    labels = np.zeros(volume.shape, np.uint16)
+    labels[brain] = 10 + 10 * np.digitize(smooth[brain], bands)
+    return labels
+
+
+def test_transform_directory_warp_equals_ants_with_its_files(mouse_registration, tmp_path):
+    case = mouse_registration
+    out = tmp_path / "warped.ome.zarr"
+    warp_volume(str(case["transform"]), str(case["moving"]), str(case["fixed"]), str(out), memory_budget="64MiB", output_dtype="float32")
+    fixed_layout, moving_layout = read_pyramid(str(case["fixed"])), read_pyramid(str(case["moving"]))
+    fixed = zarr.open_array(str(case["fixed"] / "0"))[:]
+    moving = zarr.open_array(str(case["moving"] / "0"))[:]
+    forward = [str(case["transform"] / p) for p in case["manifest"]["outputs"]["forward"]]
+    expected = from_ants_image(ants.apply_transforms(to_ants_image(fixed, fixed_layout.geometry), to_ants_image(moving, moving_layout.geometry), forward))
+    got = zarr.open_array(str(out / "0"))[:]
+    assert np.abs(got - expected).max() <= 1e-3 * expected.max()  # the OME-Zarr fields are the NIfTI fields
+    assert _ncc(got, fixed) > _ncc(moving, fixed) + 0.05  # and the warp really registers
+    assert validate_pyramid(str(out)) == []
+
+
+def test_labels_to_moving_space_and_back(mouse_registration, tmp_path):
+    """Atlas-style labels on the fixed grid, warped with --inverse onto the moving grid
+    and back with the forward transform, land where they started."""
+    case = mouse_registration
+    labels = _mouse_labels(case["fixed"])
+    geometry = read_pyramid(str(case["fixed"])).geometry
+    zarr.save_array(str(tmp_path / "labels.zarr"), labels)
+    convert_volume(str(tmp_path / "labels.zarr"), str(tmp_path / "labels.ome.zarr"), spacing=geometry.spacing, origin=geometry.origin, orientation=geometry.orientation, labels=True, chunks=64)
+    warp_volume(str(case["transform"]), str(tmp_path / "labels.ome.zarr"), str(case["moving"]), str(tmp_path / "in-moving.ome.zarr"), inverse=True, interpolation="label")
+    warp_volume(str(case["transform"]), str(tmp_path / "in-moving.ome.zarr"), str(case["fixed"]), str(tmp_path / "back.ome.zarr"), interpolation="label")
+    back = zarr.open_array(str(tmp_path / "back.ome.zarr" / "0"))[:]
+    for label in (10, 20, 30):
+        a, b = labels == label, back == label
+        assert 2 * (a & b).sum() / (a.sum() + b.sum()) >= 0.95, label
+
+
+def test_transform_directory_of_another_pair_is_refused(mouse_registration, tmp_path, pair):
+    case = mouse_registration
+    with pytest.raises(InputError, match="another pair"):
+        plan_warp(str(case["transform"]), str(pair["moving"]), str(case["fixed"]), str(tmp_path / "o"))
+    with pytest.raises(InputError, match="another pair"):
+        plan_warp(str(case["transform"]), str(case["moving"]), str(pair["reference"]), str(tmp_path / "o"))
+    # the registered moving image itself, changed after the registration
+    changed = tmp_path / "changed.ome.zarr"
+    shutil.copytree(case["moving"], changed)
+    manifest = json.loads((case["transform"] / "manifest.json").read_text())
+    manifest["moving"]["uri"] = str(changed)
+    copy = tmp_path / "transform"
+    shutil.copytree(case["transform"], copy)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    level = next(iter(manifest["moving"]["fingerprints"]))
+    array = zarr.open_array(str(changed / level), mode="r+")
+    array[0, 0, 0] = array[0, 0, 0] + 1
+    with pytest.raises(InputError, match="has changed since the registration"):
+        plan_warp(str(copy), str(changed), str(case["fixed"]), str(tmp_path / "o"))
+
+
+def test_cli_transform_points_moves_cells_from_moving_to_fixed(mouse_registration, tmp_path, capsys):
+    """Voxel coordinates of cells in the moving image, mapped to the fixed image, agree
+    with ANTs' point mapping through the inverse transforms and land on the same tissue."""
+    case = mouse_registration
+    moving = zarr.open_array(str(case["moving"] / "0"))[:]
+    cells = np.argwhere(moving > np.quantile(moving, 0.9))[::400].astype(float)
+    table = pd.DataFrame({"id": np.arange(len(cells)), "Z": cells[:, 0], "y": cells[:, 1], "x": cells[:, 2]})
+    table.loc[len(table)] = [999, -400.0, 10.0, 10.0]  # far outside everything
+    table.to_csv(tmp_path / "cells.csv", index=False)
+    code = main(["transform-points", "--transform", str(case["transform"]), "--points", str(tmp_path / "cells.csv"), "--out", str(tmp_path / "mapped.csv")])
+    assert code == 0
+    printed = capsys.readouterr().out
+    mapped = pd.read_csv(tmp_path / "mapped.csv")
+    assert list(mapped.columns) == ["id", "Z", "y", "x", "outside_field", "outside_image"]
+    # ANTs, in LPS: moving points -> fixed through the inverse list
+    moving_grid = GridMap.of(read_pyramid(str(case["moving"])).geometry, moving.shape)
+    fixed_grid = GridMap.of(read_pyramid(str(case["fixed"])).geometry, moving.shape)
+    outputs = case["manifest"]["outputs"]
+    inverse = [str(case["transform"] / p) for p in outputs["inverse"]]
+    lps = ants.apply_transforms_to_points(3, pd.DataFrame(moving_grid.to_lps(cells), columns=["x", "y", "z"]), inverse, whichtoinvert=outputs["inverse_invert"]).values
+    expected = fixed_grid.to_index(lps)
+    got = mapped[["Z", "y", "x"]].to_numpy()[: len(cells)]
+    assert np.abs(got - expected).max() < 1e-3
+    outside = ~fixed_grid.inside(expected)
+    assert mapped["outside_image"].tolist() == [*outside, True]  # the far point, and any cell past the fixed image's edge
+    assert f"{outside.sum() + 1} outside the target image" in printed
+    got, expected = got[~outside], expected[~outside]
+    fixed = zarr.open_array(str(case["fixed"] / "0"))[:]
+    index = np.rint(got).astype(int)
+    assert np.median(fixed[tuple(index.T)]) > np.quantile(fixed, 0.75)  # bright cells land on bright tissue
+    # bad CSVs: one line, exit 2
+    pd.DataFrame({"a": [1]}).to_csv(tmp_path / "bad.csv", index=False)
+    assert main(["transform-points", "--transform", str(case["transform"]), "--points", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "o.csv")]) == 2
+    assert "needs columns z,y,x" in capsys.readouterr().err
+
+
+def test_cli_warp_runs_the_flow_and_reports_bad_input_in_one_line(pair, tmp_path, capsys, prefect_server):
+    args = ["warp", "--moving", str(pair["moving"]), "--reference", str(pair["reference"]), "--out", str(tmp_path / "w.ome.zarr")]
+    for t in pair["forward"]:
+        args += ["--transform", t]
+    assert main([*args, "--dry-run"]) == 0
+    assert not (tmp_path / "w.ome.zarr").exists()
+    assert main(args) == 0
+    assert "wrote" in capsys.readouterr().out
+    expected = from_ants_image(ants.apply_transforms(pair["fixed_image"], pair["moving_image"], pair["forward"]))
+    got = zarr.open_array(str(tmp_path / "w.ome.zarr" / "0"))[:]
+    assert np.abs(got - expected).max() <= 1e-4 * expected.max()
+    assert validate_pyramid(str(tmp_path / "w.ome.zarr")) == []
+    capsys.readouterr()
+    assert main([*args[:-1], str(tmp_path / "w2.ome.zarr"), "--interpolation", "label"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "label interpolation needs an integer image" in err and "Traceback" not in err
