@@ -47,7 +47,7 @@ def pair(tmp_path_factory):
     tifffile.imwrite(tmp / "labels.tif", labels)
     convert_volume(str(tmp / "image.tif"), str(tmp / "moving.ome.zarr"), spacing=(20, 20, 20), orientation="asr", chunks=16)
     convert_volume(str(tmp / "labels.tif"), str(tmp / "labels.ome.zarr"), spacing=(20, 20, 20), orientation="asr", chunks=16, labels=True)
-    centre = GridMap.of(MOVING_GEOMETRY, SHAPE).corners_lps().mean(axis=0)
+    centre = GridMap.of(MOVING_GEOMETRY, SHAPE).corners_lps().mean(axis=1)
     reference_geometry = Geometry(spacing=(22, 18, 20), orientation="psl")
     origin = reference_geometry.direction().T @ centre - (np.array(SHAPE) - 1) / 2 * np.array(reference_geometry.spacing) + 15
     reference_geometry = Geometry(spacing=(22, 18, 20), origin=tuple(origin), orientation="psl")
@@ -194,7 +194,7 @@ def test_ants_affine_files_read_and_write_like_ants(pair, tmp_path):
     points = np.random.default_rng(0).uniform(-500, 500, size=(50, 3))
     frame = pd.DataFrame(points, columns=["x", "y", "z"])
     expected = ants.apply_transforms_to_points(3, frame, [pair["forward"][1]]).values
-    assert np.abs(affine.map(points) - expected).max() < 1e-3
+    assert np.abs(affine.map(points.T).T - expected).max() < 1e-3
     write_ants_affine(affine.inverse(), tmp_path / "inverse.mat")
     back = ants.apply_transforms_to_points(3, pd.DataFrame(expected, columns=["x", "y", "z"]), [str(tmp_path / "inverse.mat")]).values
     assert np.abs(back - points).max() < 1e-3
@@ -208,8 +208,8 @@ def test_points_agree_with_ants_and_are_flagged_outside_the_field(pair):
     grid = GridMap.of(ants_image_geometry(field), field.shape[::-1])
     corners = grid.corners_lps()
     rng = np.random.default_rng(1)
-    inside = rng.uniform(corners.min(axis=0), corners.max(axis=0), size=(300, 3))
-    outside = corners.max(axis=0) + rng.uniform(100, 300, size=(20, 3))
+    inside = rng.uniform(corners.min(axis=1), corners.max(axis=1), size=(300, 3))
+    outside = corners.max(axis=1) + rng.uniform(100, 300, size=(20, 3))
     points = np.vstack([inside, outside])
     expected = ants.apply_transforms_to_points(3, pd.DataFrame(points, columns=["x", "y", "z"]), pair["forward"]).values
     result = transform_points(points, pair["forward"], coordinates="lps")
@@ -302,11 +302,11 @@ def test_cli_transform_points_moves_cells_from_moving_to_fixed(mouse_registratio
     fixed_grid = GridMap.of(read_pyramid(str(case["fixed"])).geometry, moving.shape)
     outputs = case["manifest"]["outputs"]
     inverse = [str(case["transform"] / p) for p in outputs["inverse"]]
-    lps = ants.apply_transforms_to_points(3, pd.DataFrame(moving_grid.to_lps(cells), columns=["x", "y", "z"]), inverse, whichtoinvert=outputs["inverse_invert"]).values
-    expected = fixed_grid.to_index(lps)
+    lps = ants.apply_transforms_to_points(3, pd.DataFrame(moving_grid.to_lps(cells.T).T, columns=["x", "y", "z"]), inverse, whichtoinvert=outputs["inverse_invert"]).values
+    expected = fixed_grid.to_index(lps.T).T
     got = mapped[["Z", "y", "x"]].to_numpy()[: len(cells)]
     assert np.abs(got - expected).max() < 1e-3
-    outside = ~fixed_grid.inside(expected)
+    outside = ~fixed_grid.inside(expected.T)
     assert mapped["outside_image"].tolist() == [*outside, True]  # the far point, and any cell past the fixed image's edge
     assert f"{outside.sum() + 1} outside the target image" in printed
     got, expected = got[~outside], expected[~outside]

@@ -13,13 +13,27 @@ from scalereg.errors import InputError
 
 @dataclass(frozen=True)
 class AffineTransform:
-    """``p -> matrix @ p + translation`` on (N, 3) LPS micrometer points."""
+    """``p -> matrix @ p + translation`` on (3, N) LPS micrometer points."""
 
     matrix: np.ndarray
     translation: np.ndarray
 
     def map(self, points: np.ndarray) -> np.ndarray:
-        return points @ self.matrix.T + self.translation
+        return self.matrix @ points + self.translation[:, None]
+
+    def on_grid(self, shape: tuple[int, ...], start: tuple[int, ...] = (0, 0, 0)) -> np.ndarray:
+        """(3, N) float32 images of the (z, y, x) indices of a box of ``shape`` at ``start``,
+        in C order: built from three outer sums, no index array needed."""
+        axes = [np.arange(a, a + n, dtype=np.float64) for a, n in zip(start, shape)]
+        out = np.empty((3, *shape), dtype=np.float32)
+        for row in range(3):
+            m = self.matrix[row]
+            out[row] = (
+                (m[0] * axes[0] + self.translation[row])[:, None, None]
+                + (m[1] * axes[1])[None, :, None]
+                + (m[2] * axes[2])[None, None, :]
+            )
+        return out.reshape(3, -1)
 
     def inverse(self) -> "AffineTransform":
         inverse = np.linalg.inv(self.matrix)
@@ -32,9 +46,9 @@ class AffineTransform:
     def map_box(self, low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The bounding box of the image of the box [low, high] (exact: an affine map's
         image of a box is a parallelepiped whose extremes are the corners' images)."""
-        corners = np.array(np.meshgrid(*zip(low, high), indexing="ij")).reshape(3, -1).T
+        corners = np.array(np.meshgrid(*zip(low, high), indexing="ij")).reshape(3, -1)
         mapped = self.map(corners)
-        return mapped.min(axis=0), mapped.max(axis=0)
+        return mapped.min(axis=1), mapped.max(axis=1)
 
 
 def read_ants_affine(path: str | Path, invert: bool = False) -> AffineTransform:

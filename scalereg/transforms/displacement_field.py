@@ -19,6 +19,7 @@ from scalereg.geometry import Geometry, parse_unit
 from scalereg.omezarr.write_vector_field import FIELD_KEY
 from scalereg.orientation import orientation_from_rfc4
 from scalereg.storage import join, open_array, open_group
+from scalereg.transforms.affine_transform import AffineTransform
 from scalereg.transforms.grid import GridMap
 
 # ANTs writes displacement fields as NIfTI vector images.
@@ -44,44 +45,73 @@ class DisplacementField:
     def prepare(self, low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Load the part of the field that points in the LPS box [low, high] need; return
         a box that holds every image of those points (conservative)."""
-        corners = np.array(np.meshgrid(*zip(low, high), indexing="ij")).reshape(3, -1).T
+        corners = np.array(np.meshgrid(*zip(low, high), indexing="ij")).reshape(3, -1)
         index = self.grid.to_index(corners)
         shape = np.asarray(self.grid.shape)
-        start = np.clip(np.floor(index.min(axis=0)).astype(int), 0, shape - 1)
-        stop = np.clip(np.floor(index.max(axis=0)).astype(int) + 2, 1, shape)
-        outside_everywhere = np.any(index.max(axis=0) < -0.5) or np.any(index.min(axis=0) >= shape - 0.5)
-        if outside_everywhere:
-            self._loaded = None
+        lowest, highest = index.min(axis=1), index.max(axis=1)
+        if np.any(highest < -0.5) or np.any(lowest >= shape - 0.5):
+            self._loaded = None  # the box misses the field: zero displacement everywhere
             return low, high
+        start = np.clip(np.floor(lowest).astype(int), 0, shape - 1)
+        stop = np.clip(np.floor(highest).astype(int) + 2, 1, shape)
         region = (slice(None),) + tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
         values = np.asarray(open_array(join(self.uri, self.path), storage_options=self.storage_options)[region], dtype=np.float32)
         if not np.all(np.isfinite(values)):
             raise InputError(self.uri, "displacement field contains NaN/Inf values")
         self._loaded = (start, values)
         # points outside the grid keep zero displacement: the box grows, never shrinks
-        smallest = np.minimum(values.reshape(3, -1).min(axis=1), 0.0)
-        largest = np.maximum(values.reshape(3, -1).max(axis=1), 0.0)
-        return low + smallest, high + largest
+        flat = values.reshape(3, -1)
+        return low + np.minimum(flat.min(axis=1), 0.0), high + np.maximum(flat.max(axis=1), 0.0)
 
     def map(self, points: np.ndarray, outside: np.ndarray | None = None) -> np.ndarray:
-        """``p + u(p)`` for (N, 3) LPS points inside the box given to `prepare`;
+        """``p + u(p)`` for (3, N) LPS points inside the box given to `prepare`;
         ``outside`` (bool, N) is set where a point is off the field's grid."""
         index = self.grid.to_index(points)
         inside = self.grid.inside(index)
         if outside is not None:
             outside |= ~inside
-        if self._loaded is None:
+        if self._loaded is None or not inside.any():
             return points
         start, values = self._loaded
-        local = (index - start).T  # (3, N) for map_coordinates
+        local = index[:, inside] - start[:, None]
         displaced = points.copy()
-        if not inside.any():
-            return displaced
-        local = local[:, inside]
         for component in range(3):
             # mode="nearest" clamps the neighbours at the border, as ITK's linear interpolator does
-            displaced[inside, component] += ndimage.map_coordinates(values[component], local, order=1, mode="nearest", prefilter=False)
+            displaced[component, inside] += ndimage.map_coordinates(values[component], local, order=1, mode="nearest", prefilter=False)
         return displaced
+
+    def on_grid(self, points: AffineTransform, shape: tuple[int, ...]) -> np.ndarray | None:
+        """u at the points ``points`` maps a box of ``shape`` indices to, as (3, N) float32,
+        when those points form a grid aligned with the field's axes (then trilinear
+        interpolation is three 1D passes); None when they do not.  Call `prepare` first."""
+        linear = self.grid.inverse @ points.matrix  # box index -> field index
+        offset = self.grid.inverse @ (points.translation - self.grid.offset)
+        axes = np.argmax(np.abs(linear), axis=0)  # the field axis each box axis runs along
+        if sorted(axes) != [0, 1, 2]:
+            return None
+        off_axis = np.abs(linear).copy()
+        off_axis[axes, [0, 1, 2]] = 0
+        if off_axis.max() > 1e-9 * np.abs(linear).max():
+            return None
+        count = int(np.prod(shape))
+        if self._loaded is None:
+            return np.zeros((3, count), dtype=np.float32)
+        start, values = self._loaded
+        result = values.transpose(0, *(1 + int(a) for a in axes))  # field axes in box order
+        for axis, field_axis in enumerate(axes):
+            n = self.grid.shape[field_axis]
+            position = linear[field_axis, axis] * np.arange(shape[axis]) + offset[field_axis]
+            base = np.floor(position)
+            size = result.shape[1 + axis]
+            lower = np.clip(np.clip(base, 0, n - 1).astype(np.intp) - start[field_axis], 0, size - 1)
+            upper = np.clip(np.clip(base + 1, 0, n - 1).astype(np.intp) - start[field_axis], 0, size - 1)
+            weight = (position - base).astype(np.float32)
+            weight_lower = (1 - weight) * ((position >= -0.5) & (position < n - 0.5))  # zero off the grid
+            weight_upper = weight * ((position >= -0.5) & (position < n - 0.5))
+            view = [1, 1, 1, 1]
+            view[1 + axis] = -1
+            result = np.take(result, lower, axis=1 + axis) * weight_lower.reshape(view) + np.take(result, upper, axis=1 + axis) * weight_upper.reshape(view)
+        return np.ascontiguousarray(result, dtype=np.float32).reshape(3, count)
 
     def fingerprint(self) -> dict[str, Any]:
         return {"field": self.uri, "shape": list(self.grid.shape), "matrix": self.grid.matrix.round(9).tolist(), "offset": self.grid.offset.round(6).tolist()}

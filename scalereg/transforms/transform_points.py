@@ -90,8 +90,8 @@ def transform_points(
         result = _from_lps(mapped, coordinates, target_grid)
         outside_image = None
         if target_grid is not None:
-            index = result if coordinates == "voxel" else target_grid.to_index(mapped)
-            outside_image = ~target_grid.inside(index)
+            index = result if coordinates == "voxel" else target_grid.to_index(mapped.T).T
+            outside_image = ~target_grid.inside(index.T)
         return MappedPoints(result, outside_field, outside_image, source_image, target_image)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
@@ -111,14 +111,14 @@ def _to_lps(points: np.ndarray, coordinates: str, grid: GridMap | None) -> np.nd
         return points
     assert grid is not None
     index = points if coordinates == "voxel" else _physical_to_index(points, grid)
-    return grid.to_lps(index)
+    return grid.to_lps(index.T).T
 
 
 def _from_lps(lps: np.ndarray, coordinates: str, grid: GridMap | None) -> np.ndarray:
     if coordinates == "lps":
         return lps
     assert grid is not None
-    index = grid.to_index(lps)
+    index = grid.to_index(lps.T).T
     return index if coordinates == "voxel" else _index_to_physical(index, grid)
 
 
@@ -146,6 +146,6 @@ def _map_in_batches(chain: TransformChain, lps: np.ndarray) -> tuple[np.ndarray,
         batch = lps[chosen]
         chain.prepare(batch.min(axis=0), batch.max(axis=0))
         flags = np.zeros(len(chosen), dtype=bool)
-        mapped[chosen] = chain.map(batch, outside_field=flags)
+        mapped[chosen] = chain.map(batch.T, outside_field=flags).T
         outside[chosen] = flags
     return mapped, outside

@@ -157,8 +157,8 @@ def _working_bytes_per_voxel(chain: TransformChain, reference: GridMap, moving: 
     source_per_output = out_volume * zoom / moving.voxel_volume_um3()
     per_region_voxel = moving_dtype.itemsize + {"linear": 4, "bspline": 8}.get(interpolation, 0)
     fields = sum(12 * out_volume / f.grid.voxel_volume_um3() for f in chain.fields())
-    # coordinates (float32 x 3), the inside mask, the values before the cast
-    return 12 + 1 + 4 + REGION_SLACK * (source_per_output * per_region_voxel + fields)
+    # coordinates and displacements (float32 x 3 each), the inside mask, the values before the cast
+    return 12 + 12 + 1 + 4 + REGION_SLACK * (source_per_output * per_region_voxel + fields)
 
 
 def _check_same_space(uri: str, layout: PyramidLayout, record: dict[str, Any], role: str, storage_options: dict[str, Any] | None) -> None:
@@ -196,7 +196,7 @@ def _check_overlap(chain: TransformChain, reference: GridMap, moving: GridMap, r
     """Refuse a warp that would write only background: the reference grid, mapped by the
     transform's linear part, must land at least partly inside the moving image."""
     axes = [np.linspace(0, n - 1, min(n, OVERLAP_LATTICE)) for n in reference.shape]
-    lattice = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+    lattice = np.stack(np.meshgrid(*axes, indexing="ij")).reshape(3, -1)
     mapped_lps = chain.linear_part().map(reference.to_lps(lattice))
     units = {ref_layout.geometry.unit, mov_layout.geometry.unit}
     if len(units) > 1:
@@ -220,7 +220,7 @@ def _check_overlap(chain: TransformChain, reference: GridMap, moving: GridMap, r
 
 
 def _extent(points: np.ndarray) -> float:
-    return float(np.linalg.norm(points.max(axis=0) - points.min(axis=0)))
+    return float(np.linalg.norm(points.max(axis=1) - points.min(axis=1)))
 
 
 def _notes(ref_layout: PyramidLayout, mov_layout: PyramidLayout, moving_level: int, reference: str, moving: str) -> list[str]:

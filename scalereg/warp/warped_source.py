@@ -26,6 +26,8 @@ import numpy as np
 from scalereg.errors import InputError
 from scalereg.io.source import Region, Source
 from scalereg.storage import join, open_array
+from scalereg.transforms.affine_transform import AffineTransform
+from scalereg.transforms.displacement_field import DisplacementField
 from scalereg.transforms.grid import GridMap
 from scalereg.transforms.transform_chain import TransformChain
 from scalereg.warp.interpolate import footprint, prepare_region, sample
@@ -88,21 +90,62 @@ class WarpedSource(Source):
         shape = tuple(b - a for a, b in bounds)
         count = math.prod(shape)
         corners = self.reference_grid.corners_lps(bounds)
-        self.chain.prepare(corners.min(axis=0), corners.max(axis=0))
-        coords = np.empty((3, count), dtype=np.float32)
-        inside = np.empty(count, dtype=bool)
-        origin = np.array([a for a, _ in bounds])
-        for start in range(0, count, SLAB_POINTS):
-            stop = min(start + SLAB_POINTS, count)
-            index = np.stack(np.unravel_index(np.arange(start, stop), shape), axis=1) + origin
-            mapped = self.moving_grid.to_index(self.chain.map(self.reference_grid.to_lps(index)))
-            inside[start:stop] = self.moving_grid.inside(mapped)
-            coords[:, start:stop] = mapped.T
+        self.chain.prepare(corners.min(axis=1), corners.max(axis=1))
+        coords = self._grid_coordinates(bounds) if self._grid_path else None
+        if coords is None:
+            coords = self._point_coordinates(bounds)
+        inside = self.moving_grid.inside(coords)
         out = np.full(count, self.background, dtype=np.float32 if self.interpolation in ("linear", "bspline") else self.moving_dtype)
         outside = int(count - np.count_nonzero(inside))
         if outside < count:
             self._interpolate(coords, inside, out, shape)
         return self._cast(out).reshape(shape), outside
+
+    @property
+    def _grid_path(self) -> bool:
+        """Whether the chain is affines, at most one field, then affines (the usual case)."""
+        return sum(1 for c in self.chain.components if isinstance(c, DisplacementField)) <= 1
+
+    def _grid_coordinates(self, bounds: tuple[tuple[int, int], ...]) -> np.ndarray | None:
+        """Moving-grid indices of every voxel of the tile, (3, N) float32, with the affine
+        parts folded into one and the field (if any) interpolated axis by axis; None when
+        the field's grid is not aligned with the tile's (use `_point_coordinates`)."""
+        shape = tuple(b - a for a, b in bounds)
+        start = tuple(a for a, _ in bounds)
+        before = self.reference_grid.index_to_lps()
+        components = list(self.chain.components)
+        while components and isinstance(components[0], AffineTransform):
+            before = before.then(components.pop(0))
+        displacement = None
+        if components:
+            field = components.pop(0)
+            shifted = AffineTransform(before.matrix, before.map(np.asarray(start, dtype=float)[:, None])[:, 0])
+            displacement = field.on_grid(shifted, shape)
+            if displacement is None:
+                return None
+        after = AffineTransform(np.eye(3), np.zeros(3))
+        for component in components:
+            after = after.then(component)
+        after = after.then(self.moving_grid.lps_to_index())
+        coords = before.then(after).on_grid(shape, start)
+        if displacement is not None:
+            for row in range(3):
+                for column in range(3):
+                    if after.matrix[row, column] != 0:
+                        coords[row] += np.float32(after.matrix[row, column]) * displacement[column]
+        return coords
+
+    def _point_coordinates(self, bounds: tuple[tuple[int, int], ...]) -> np.ndarray:
+        """Moving-grid indices of every voxel of the tile, point by point through the chain."""
+        shape = tuple(b - a for a, b in bounds)
+        count = math.prod(shape)
+        coords = np.empty((3, count), dtype=np.float32)
+        origin = np.array([a for a, _ in bounds])[:, None]
+        for start in range(0, count, SLAB_POINTS):
+            stop = min(start + SLAB_POINTS, count)
+            index = np.stack(np.unravel_index(np.arange(start, stop), shape)) + origin
+            coords[:, start:stop] = self.moving_grid.to_index(self.chain.map(self.reference_grid.to_lps(index)))
+        return coords
 
     def _interpolate(self, coords: np.ndarray, inside: np.ndarray, out: np.ndarray, tile_shape: tuple[int, ...]) -> None:
         before, after = footprint(self.interpolation)
