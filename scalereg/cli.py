@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="linear (default), bspline, nearest, or label (ANTs' genericLabel: label values preserved)")
     warp.add_argument("--inverse", action="store_true", help="use the transform directory's inverse: fixed-space images onto the moving grid")
     warp.add_argument("--output-dtype", default=None, help="output type (default: the moving image's); values are rounded and clipped")
-    warp.add_argument("--memory-budget", default=None, help="memory per task, e.g. 512MiB (sets the tile size)")
+    warp.add_argument("--memory-budget", default=None, help="memory per task (default 768MiB; sets the tile size)")
     warp.add_argument("--overwrite", action="store_true", help="replace an existing output")
     warp.add_argument("--cluster", default="local", help="local, a profile in infra/clusters, a YAML file or tcp://host:port")
     warp.add_argument("--dry-run", action="store_true", help="print the plan (tiles, memory per task) and stop")
@@ -366,7 +366,8 @@ DEMO_SCHEDULE = {
 def _demo(args: argparse.Namespace) -> int:
     """The pipeline as far as it exists, on the sample mouse brain: convert it (the
     convert-volume flow), make a copy moved by a known affine and warp, convert that,
-    and register the copy back coarse to fine."""
+    register the copy back coarse to fine and warp it onto the original's grid (the
+    warp-volume flow)."""
     import numpy as np
     import zarr
 
@@ -419,8 +420,28 @@ def _demo(args: argparse.Namespace) -> int:
         f"\nerror of the recovered mapping on brain voxels: median {np.median(residual):.0f} um "
         f"(affine only: {np.median(affine_only):.0f} um), 95th percentile {np.percentile(residual, 95):.0f} um"
     )
-    print(f"outputs in {out}: mouse.ome.zarr, moved.ome.zarr, transform/ (manifest.json, steps/*/qc.png)")
-    return _validate(argparse.Namespace(path=str(fixed)))
+    print("\nwarping moving onto the fixed grid at full resolution, tile by tile")
+    warped = out / "moved-warped.ome.zarr"
+    _quiet_prefect()
+    from flows.warp_volume import warp_volume
+
+    state = warp_volume(transform=[str(out / "transform")], moving=str(moving), reference=str(fixed), output=str(warped), overwrite=True, cluster=args.cluster, return_state=True)
+    if state.is_failed():
+        print(f"scalereg: error: {state.message}", file=sys.stderr)
+        return EXIT_USER_ERROR if state.name == BAD_INPUT_STATE else 1
+    moved = zarr.open_array(str(moving / "0"))[:]
+    result = zarr.open_array(str(warped / "0"))[:]
+    print(f"NCC with the original brain: moved copy {_ncc(volume, moved):.3f}, warped back {_ncc(volume, result):.3f}")
+    print(f"outputs in {out}: mouse.ome.zarr, moved.ome.zarr, transform/ (manifest.json, steps/*/qc.png), moved-warped.ome.zarr")
+    return _validate(argparse.Namespace(path=str(warped)))
+
+
+def _ncc(a: Any, b: Any) -> float:
+    import numpy as np
+
+    a = a.astype(np.float64).ravel() - a.mean()
+    b = b.astype(np.float64).ravel() - b.mean()
+    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
 
 
 def _print_step(step: dict) -> None:

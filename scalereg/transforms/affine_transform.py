@@ -23,16 +23,14 @@ class AffineTransform:
 
     def on_grid(self, shape: tuple[int, ...], start: tuple[int, ...] = (0, 0, 0)) -> np.ndarray:
         """(3, N) float32 images of the (z, y, x) indices of a box of ``shape`` at ``start``,
-        in C order: built from three outer sums, no index array needed."""
+        in C order: three outer sums per row, no index array and no float64 temporary
+        of the box's size."""
         axes = [np.arange(a, a + n, dtype=np.float64) for a, n in zip(start, shape)]
         out = np.empty((3, *shape), dtype=np.float32)
         for row in range(3):
             m = self.matrix[row]
-            out[row] = (
-                (m[0] * axes[0] + self.translation[row])[:, None, None]
-                + (m[1] * axes[1])[None, :, None]
-                + (m[2] * axes[2])[None, None, :]
-            )
+            plane = ((m[0] * axes[0] + self.translation[row])[:, None] + (m[1] * axes[1])[None, :]).astype(np.float32)
+            np.add(plane[:, :, None], (m[2] * axes[2]).astype(np.float32)[None, None, :], out=out[row])
         return out.reshape(3, -1)
 
     def inverse(self) -> "AffineTransform":

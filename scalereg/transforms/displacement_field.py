@@ -15,13 +15,15 @@ import numpy as np
 from scipy import ndimage
 
 from scalereg.errors import InputError
-from scalereg.geometry import Geometry, parse_unit
+from scalereg.geometry import Geometry, geometry_from_lps, parse_unit
 from scalereg.omezarr.write_vector_field import FIELD_KEY
 from scalereg.orientation import orientation_from_rfc4
 from scalereg.storage import join, open_array, open_group
 from scalereg.transforms.affine_transform import AffineTransform
 from scalereg.transforms.grid import GridMap
 
+# Voxels per step of the last pass of `DisplacementField.on_grid` (bounds its temporaries).
+GRID_PASS_VOXELS = 1 << 18
 # ANTs writes displacement fields as NIfTI vector images.
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -80,38 +82,62 @@ class DisplacementField:
             displaced[component, inside] += ndimage.map_coordinates(values[component], local, order=1, mode="nearest", prefilter=False)
         return displaced
 
-    def on_grid(self, points: AffineTransform, shape: tuple[int, ...]) -> np.ndarray | None:
-        """u at the points ``points`` maps a box of ``shape`` indices to, as (3, N) float32,
-        when those points form a grid aligned with the field's axes (then trilinear
-        interpolation is three 1D passes); None when they do not.  Call `prepare` first."""
+    def on_grid(self, points: AffineTransform, shape: tuple[int, ...], then: np.ndarray, add_to: np.ndarray) -> bool:
+        """Add ``then @ u`` at the points ``points`` maps a box of ``shape`` indices to
+        into ``add_to`` ((3, N) float32), when those points form a grid aligned with the
+        field's axes: trilinear interpolation is then three 1D passes, and ``then`` (the
+        linear part of what follows the field) is applied to the few field values read
+        rather than to every voxel.  Returns False (and adds nothing) when the grids are
+        not aligned.  Call `prepare` first."""
         linear = self.grid.inverse @ points.matrix  # box index -> field index
         offset = self.grid.inverse @ (points.translation - self.grid.offset)
         axes = np.argmax(np.abs(linear), axis=0)  # the field axis each box axis runs along
         if sorted(axes) != [0, 1, 2]:
-            return None
+            return False
         off_axis = np.abs(linear).copy()
         off_axis[axes, [0, 1, 2]] = 0
         if off_axis.max() > 1e-9 * np.abs(linear).max():
-            return None
-        count = int(np.prod(shape))
+            return False
         if self._loaded is None:
-            return np.zeros((3, count), dtype=np.float32)
+            return True  # the box misses the field: nothing to add
         start, values = self._loaded
-        result = values.transpose(0, *(1 + int(a) for a in axes))  # field axes in box order
-        for axis, field_axis in enumerate(axes):
+        values = np.tensordot(then.astype(np.float32), values, axes=(1, 0))
+        result = np.ascontiguousarray(values.transpose(0, *(1 + int(a) for a in axes)))  # field axes in box order
+        # x first: the early passes stay small, and the last one (z) copies whole rows
+        for axis in (2, 1, 0):
+            field_axis = axes[axis]
             n = self.grid.shape[field_axis]
             position = linear[field_axis, axis] * np.arange(shape[axis]) + offset[field_axis]
             base = np.floor(position)
             size = result.shape[1 + axis]
             lower = np.clip(np.clip(base, 0, n - 1).astype(np.intp) - start[field_axis], 0, size - 1)
             upper = np.clip(np.clip(base + 1, 0, n - 1).astype(np.intp) - start[field_axis], 0, size - 1)
+            on_grid = (position >= -0.5) & (position < n - 0.5)  # zero displacement off the grid
             weight = (position - base).astype(np.float32)
-            weight_lower = (1 - weight) * ((position >= -0.5) & (position < n - 0.5))  # zero off the grid
-            weight_upper = weight * ((position >= -0.5) & (position < n - 0.5))
             view = [1, 1, 1, 1]
             view[1 + axis] = -1
-            result = np.take(result, lower, axis=1 + axis) * weight_lower.reshape(view) + np.take(result, upper, axis=1 + axis) * weight_upper.reshape(view)
-        return np.ascontiguousarray(result, dtype=np.float32).reshape(3, count)
+            weight_lower = ((1 - weight) * on_grid).reshape(view)
+            weight_upper = (weight * on_grid).reshape(view)
+            if axis == 0:
+                # the full-size pass, a few planes at a time, straight into add_to
+                target = add_to.reshape((3, *shape))
+                planes = max(1, GRID_PASS_VOXELS // (shape[1] * shape[2]))
+                for z in range(0, shape[0], planes):
+                    part = slice(z, z + planes)
+                    lower_part = np.take(result, lower[part], axis=1)
+                    lower_part *= weight_lower[:, part]
+                    upper_part = np.take(result, upper[part], axis=1)
+                    upper_part *= weight_upper[:, part]
+                    target[:, part] += lower_part
+                    target[:, part] += upper_part
+                return True
+            lower_part = np.take(result, lower, axis=1 + axis)
+            lower_part *= weight_lower
+            upper_part = np.take(result, upper, axis=1 + axis)
+            upper_part *= weight_upper
+            lower_part += upper_part
+            result = lower_part
+        raise AssertionError("unreachable: the last pass adds into add_to")
 
     def fingerprint(self) -> dict[str, Any]:
         return {"field": self.uri, "shape": list(self.grid.shape), "matrix": self.grid.matrix.round(9).tolist(), "offset": self.grid.offset.round(6).tolist()}
@@ -146,29 +172,43 @@ def read_vector_field(uri: str, storage_options: dict[str, Any] | None = None) -
     return DisplacementField(uri=uri, grid=GridMap.of(geometry, array.shape[1:]), path=dataset["path"], storage_options=storage_options)
 
 
-def nifti_field_grid(path: str) -> GridMap:
-    """The grid of an ANTs displacement field file, from its header only."""
-    from scalereg.register.ants_image import ants, geometry_from_ants_header
+def _open_nifti_field(path: str):
+    """The NIfTI image of an ANTs/ITK displacement field and its grid (header only).
+
+    ITK writes a field as a 5D NIfTI (x, y, z, 1, 3) whose vectors are LPS components,
+    with the usual RAS header; the grid follows ITK's reading of it (sform when set,
+    else qform; LPS = RAS with x and y negated), in the numbers ANTs used (micrometers
+    for scalereg's images)."""
+    import nibabel
 
     try:
-        header = ants.image_header_info(path)
+        image = nibabel.load(path)
     except Exception as error:
-        raise InputError(path, f"cannot read the NIfTI header ({type(error).__name__}: {error})") from None
-    if header["nDimensions"] != 3 or header["nComponents"] != 3:
-        raise InputError(path, f"not a 3D displacement field ({header['nDimensions']}D, {header['nComponents']} components)")
-    geometry = geometry_from_ants_header(header["spacing"], header["origin"], np.asarray(header["direction"]), path)
-    return GridMap.of(geometry, tuple(int(n) for n in reversed(header["dimensions"])))
+        raise InputError(path, f"cannot read the NIfTI file ({type(error).__name__}: {error})") from None
+    shape = image.shape
+    if len(shape) != 5 or shape[3] != 1 or shape[4] != 3:
+        raise InputError(path, f"not a 3D displacement field (NIfTI shape {shape}; expected x, y, z, 1, 3)")
+    affine = np.asarray(image.affine, dtype=float)
+    to_lps = np.diag([-1.0, -1.0, 1.0])
+    columns = to_lps @ affine[:3, :3]  # LPS steps of one voxel along i, j, k (x, y, z)
+    spacing = np.linalg.norm(columns, axis=0)
+    geometry = geometry_from_lps(tuple(reversed(spacing)), to_lps @ affine[:3, 3], (columns / spacing)[:, ::-1], "micrometer", path)
+    return image, geometry
+
+
+def nifti_field_grid(path: str) -> GridMap:
+    """The grid of an ANTs displacement field file, from its header only."""
+    image, geometry = _open_nifti_field(path)
+    return GridMap.of(geometry, tuple(int(n) for n in reversed(image.shape[:3])))
 
 
 def convert_nifti_field(path: str, uri: str, storage_options: dict[str, Any] | None = None) -> None:
     """Write the ANTs displacement field at ``path`` as an OME-Zarr field at ``uri``."""
     from scalereg.omezarr.write_vector_field import write_vector_field
-    from scalereg.register.ants_image import ants, ants_image_geometry, from_ants_image
 
-    image = ants.image_read(path)
-    if image.dimension != 3 or image.components != 3:
-        raise InputError(path, f"not a 3D displacement field ({image.dimension}D, {image.components} components)")
-    values = np.moveaxis(from_ants_image(image), -1, 0)
+    image, geometry = _open_nifti_field(path)
+    # (x, y, z, 1, 3) -> (3, z, y, x)
+    values = np.asarray(image.dataobj, dtype=np.float32)[:, :, :, 0, :].transpose(3, 2, 1, 0)
     if not np.all(np.isfinite(values)):
         raise InputError(path, "displacement field contains NaN/Inf values")
-    write_vector_field(uri, values, ants_image_geometry(image, path), f"converted from {path}", storage_options=storage_options)
+    write_vector_field(uri, np.ascontiguousarray(values), geometry, f"converted from {path}", storage_options=storage_options)

@@ -23,7 +23,7 @@ from scalereg.units import parse_bytes
 from scalereg.warp.interpolate import INTERPOLATIONS
 from scalereg.warp.warped_source import SLAB_BYTES, WarpedSource
 
-DEFAULT_WARP_BUDGET = "512MiB"
+DEFAULT_WARP_BUDGET = "768MiB"
 # The source region of a tile is the bounding box of its mapped voxels: rotations and
 # deformations make it larger than the tile's own volume (times the zoom).
 REGION_SLACK = 2.0
@@ -155,10 +155,12 @@ def _working_bytes_per_voxel(chain: TransformChain, reference: GridMap, moving: 
     out_volume = reference.voxel_volume_um3()
     zoom = abs(float(np.linalg.det(chain.linear_part().matrix))) or 1.0
     source_per_output = out_volume * zoom / moving.voxel_volume_um3()
-    per_region_voxel = moving_dtype.itemsize + {"linear": 4, "bspline": 8}.get(interpolation, 0)
+    # the region as read, plus its float32 copy (none for float32 images) and B-spline coefficients
+    per_region_voxel = moving_dtype.itemsize + (4 if interpolation in ("linear", "bspline") and moving_dtype != np.float32 else 0)
+    per_region_voxel += 4 if interpolation == "bspline" else 0
     fields = sum(12 * out_volume / f.grid.voxel_volume_um3() for f in chain.fields())
-    # coordinates and displacements (float32 x 3 each), the inside mask, the values before the cast
-    return 12 + 12 + 1 + 4 + REGION_SLACK * (source_per_output * per_region_voxel + fields)
+    # coordinates (float32 x 3), the inside mask, the values before the cast
+    return 12 + 1 + 4 + REGION_SLACK * (source_per_output * per_region_voxel + fields)
 
 
 def _check_same_space(uri: str, layout: PyramidLayout, record: dict[str, Any], role: str, storage_options: dict[str, Any] | None) -> None:

@@ -116,23 +116,16 @@ class WarpedSource(Source):
         components = list(self.chain.components)
         while components and isinstance(components[0], AffineTransform):
             before = before.then(components.pop(0))
-        displacement = None
-        if components:
-            field = components.pop(0)
-            shifted = AffineTransform(before.matrix, before.map(np.asarray(start, dtype=float)[:, None])[:, 0])
-            displacement = field.on_grid(shifted, shape)
-            if displacement is None:
-                return None
+        field = components.pop(0) if components else None
         after = AffineTransform(np.eye(3), np.zeros(3))
         for component in components:
             after = after.then(component)
         after = after.then(self.moving_grid.lps_to_index())
         coords = before.then(after).on_grid(shape, start)
-        if displacement is not None:
-            for row in range(3):
-                for column in range(3):
-                    if after.matrix[row, column] != 0:
-                        coords[row] += np.float32(after.matrix[row, column]) * displacement[column]
+        if field is not None:
+            shifted = AffineTransform(before.matrix, before.map(np.asarray(start, dtype=float)[:, None])[:, 0])
+            if not field.on_grid(shifted, shape, then=after.matrix, add_to=coords):
+                return None
         return coords
 
     def _point_coordinates(self, bounds: tuple[tuple[int, int], ...]) -> np.ndarray:
@@ -149,7 +142,8 @@ class WarpedSource(Source):
 
     def _interpolate(self, coords: np.ndarray, inside: np.ndarray, out: np.ndarray, tile_shape: tuple[int, ...]) -> None:
         before, after = footprint(self.interpolation)
-        used = coords[:, inside]
+        everywhere = bool(inside.all())
+        used = coords if everywhere else coords[:, inside]
         low = np.maximum(np.floor(used.min(axis=1)).astype(int) - before, 0)
         high = np.minimum(np.floor(used.max(axis=1)).astype(int) + after + 1, self.moving_grid.shape)
         del used
@@ -178,19 +172,23 @@ class WarpedSource(Source):
                 raise InputError(self.uri, f"contains {int(bad.sum())} NaN/Inf voxels in the region a tile needs (first at z, y, x = {where})")
         prepared = prepare_region(region, self.interpolation)
         del region
-        offset = low.astype(np.float32)[:, None]
+        coords -= low.astype(np.float32)[:, None]  # region-relative, in place
+        if everywhere:
+            for start in range(0, coords.shape[1], SLAB_POINTS):
+                stop = start + SLAB_POINTS
+                out[start:stop] = sample(prepared, coords[:, start:stop], self.interpolation)
+            return
         positions = np.flatnonzero(inside)
         for start in range(0, positions.size, SLAB_POINTS):
             chosen = positions[start : start + SLAB_POINTS]
-            out[chosen] = sample(prepared, coords[:, chosen] - offset, self.interpolation)
+            out[chosen] = sample(prepared, coords[:, chosen], self.interpolation)
 
     def _bytes_per_region_voxel(self) -> int:
         itemsize = np.dtype(self.moving_dtype).itemsize
-        if self.interpolation == "linear":
-            return itemsize + 4
-        if self.interpolation == "bspline":
-            return itemsize + 8
-        return itemsize
+        if self.interpolation not in ("linear", "bspline"):
+            return itemsize
+        copy = 0 if np.dtype(self.moving_dtype) == np.float32 else 4
+        return itemsize + copy + (4 if self.interpolation == "bspline" else 0)
 
     def _cast(self, values: np.ndarray) -> np.ndarray:
         """To the output type: rounded and clipped to its range for integer types."""
