@@ -77,50 +77,112 @@ def register_pyramids(
     them to [0, 1] (bright vessels, saturated spots in lightsheet data).  A step that
     was already completed for the same inputs (an interrupted run) is reused.
     """
-    fixed, moving, out = normalize_uri(fixed), normalize_uri(moving), normalize_uri(out)
-    if is_remote(out):
-        raise InputError(out, "the transform directory must be a local path for now")
-    layouts = {"fixed": read_pyramid(fixed), "moving": read_pyramid(moving)}
-    for name, layout in layouts.items():
-        status = (layout.attributes.get("status") or {}).get("status")
-        if status not in (None, "complete"):
-            raise InputError(fixed if name == "fixed" else moving, "pyramid is marked incomplete; finish its conversion first")
-    sched = load_schedule(schedule)
-    budget = parse_bytes(memory_budget)
-    plan = plan_registration(layouts["fixed"], layouts["moving"], sched, budget, fixed, moving)
-    if not plan.steps:
-        raise InputError("schedule", "no step of the schedule can run on these pyramids")
-
-    root = Path(out)
-    inputs_key = _inputs_key(fixed, moving, layouts, plan, fixed_mask, moving_mask, normalize, clip_percentiles)
-    _prepare_directory(root, inputs_key, overwrite)
-    if (root / MANIFEST).exists():
-        return json.loads((root / MANIFEST).read_text())
-
-    reader = _LevelReader(fixed, moving, layouts, normalize, clip_percentiles)
-    masks = _MaskReader(fixed_mask, moving_mask)
-    chain_warps: list[str] = []  # apply order: newest (finest) first
-    chain_inverse: list[str] = []  # apply order: oldest first
-    affine: str | None = None
-    total_warp: tuple[str, str] | None = None
-    results: list[dict[str, Any]] = []
-    for planned in plan.steps:
-        workdir = root / "steps" / planned.name
-        result, state = _run_or_reuse_step(
-            planned, workdir, inputs_key, reader, masks, chain_warps, chain_inverse, affine, layouts
-        )
-        if result["accepted"]:
-            affine = state["affine"]
-            if state.get("warp"):
-                chain_warps.insert(0, state["warp"])
-                chain_inverse.append(state["inverse_warp"])
-                total_warp = (state["total_warp"], state["total_inverse_warp"])
-        results.append(result)
+    run = RegistrationRun(fixed, moving, out, schedule, memory_budget, fixed_mask, moving_mask, normalize, clip_percentiles, overwrite)
+    if run.manifest() is not None:
+        return run.manifest()  # type: ignore[return-value]
+    for index in range(len(run.plan.steps)):
+        result = run.run_step(index)
         if on_step:
             on_step(result)
-    assert affine is not None  # the first step is never rejected (nothing to compare against)
-    manifest = _finish(root, fixed, moving, layouts, plan, results, affine, total_warp, inputs_key, reader)
-    return manifest
+    return run.finish()
+
+
+class RegistrationRun:
+    """One registration, step by step: the unit a flow runs as one task per step.
+
+    Constructing it checks the inputs, plans the steps and prepares the transform
+    directory (resuming one written for the same inputs).  `run_step` runs (or reuses)
+    one step, starting from what the earlier steps recorded on disk, so steps may run
+    in different processes; `finish` writes the outputs and the manifest, last.
+    The object is small and picklable.
+    """
+
+    def __init__(
+        self,
+        fixed: str,
+        moving: str,
+        out: str,
+        schedule: str | Path | dict | RegistrationSchedule | None = None,
+        memory_budget: str | int = DEFAULT_MEMORY_BUDGET,
+        fixed_mask: str | None = None,
+        moving_mask: str | None = None,
+        normalize: bool = False,
+        clip_percentiles: tuple[float, float] = (0.5, 99.5),
+        overwrite: bool = False,
+    ) -> None:
+        self.fixed, self.moving, out = normalize_uri(fixed), normalize_uri(moving), normalize_uri(out)
+        if is_remote(out):
+            raise InputError(out, "the transform directory must be a local path for now")
+        self.layouts = {"fixed": read_pyramid(self.fixed), "moving": read_pyramid(self.moving)}
+        for name, layout in self.layouts.items():
+            status = (layout.attributes.get("status") or {}).get("status")
+            if status not in (None, "complete"):
+                raise InputError(self.fixed if name == "fixed" else self.moving, "pyramid is marked incomplete; finish its conversion first")
+        self.plan = plan_registration(self.layouts["fixed"], self.layouts["moving"], load_schedule(schedule), parse_bytes(memory_budget), self.fixed, self.moving)
+        if not self.plan.steps:
+            raise InputError("schedule", "no step of the schedule can run on these pyramids")
+        self.root = Path(out)
+        self.masks = (fixed_mask, moving_mask)
+        self.normalize = normalize
+        self.clip_percentiles = clip_percentiles
+        self.inputs_key = _inputs_key(self.fixed, self.moving, self.layouts, self.plan, fixed_mask, moving_mask, normalize, clip_percentiles)
+        _prepare_directory(self.root, self.inputs_key, overwrite)
+
+    def manifest(self) -> dict[str, Any] | None:
+        """The finished directory's manifest, or None while it is not finished."""
+        path = self.root / MANIFEST
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def step_names(self) -> list[str]:
+        return [planned.name for planned in self.plan.steps]
+
+    def run_step(self, index: int) -> dict[str, Any]:
+        """Run step ``index`` (or reuse it when it finished before for the same inputs
+        and the same starting transforms); the earlier steps must be done."""
+        chain = self._chain(index)
+        planned = self.plan.steps[index]
+        reader = _LevelReader(self.fixed, self.moving, self.layouts, self.normalize, self.clip_percentiles)
+        masks = _MaskReader(*self.masks)
+        result, _ = _run_or_reuse_step(
+            planned, self.root / "steps" / planned.name, self.inputs_key, reader, masks, chain["warps"], chain["inverse"], chain["affine"], self.layouts
+        )
+        return result
+
+    def finish(self) -> dict[str, Any]:
+        """Write the composed transforms, the OME-Zarr fields and the manifest (last)."""
+        existing = self.manifest()
+        if existing is not None:
+            return existing
+        chain = self._chain(len(self.plan.steps))
+        assert chain["affine"] is not None  # the first step is never rejected
+        fingerprints: dict[str, dict[str, str]] = {"fixed": {}, "moving": {}}
+        for record in chain["records"]:
+            for which in fingerprints:
+                fingerprints[which].update(record["state"].get("fingerprints", {}).get(which, {}))
+        results = [record["result"] for record in chain["records"]]
+        return _finish(self.root, self.fixed, self.moving, self.layouts, self.plan, results, chain["affine"], chain["total_warp"], self.inputs_key, fingerprints)
+
+    def _chain(self, upto: int) -> dict[str, Any]:
+        """What steps 0..upto-1 recorded: the transforms a later step starts from."""
+        warps: list[str] = []  # apply order: newest (finest) first
+        inverse: list[str] = []  # apply order: oldest first
+        affine: str | None = None
+        total_warp: tuple[str, str] | None = None
+        records = []
+        for planned in self.plan.steps[:upto]:
+            path = self.root / "steps" / planned.name / "result.json"
+            record = json.loads(path.read_text()) if path.exists() else None
+            if record is None or record.get("inputs_key") != self.inputs_key or record.get("chain_key") != [*warps, affine]:
+                raise RuntimeError(f"step {planned.name} has not finished for these inputs; run the steps in order")
+            state = record["state"]
+            if record["result"]["accepted"]:
+                affine = state["affine"]
+                if state.get("warp"):
+                    warps.insert(0, state["warp"])
+                    inverse.append(state["inverse_warp"])
+                    total_warp = (state["total_warp"], state["total_inverse_warp"])
+            records.append(record)
+        return {"warps": warps, "inverse": inverse, "affine": affine, "total_warp": total_warp, "records": records}
 
 
 # ------------------------------------------------------------------ one step
@@ -198,7 +260,7 @@ def _run_or_reuse_step(
             f"{planned.name}: {key} got worse ({metric_before[key]:.4f} -> {metric_after[key]:.4f}); "
             "this step's transform was discarded and the previous one kept"
         )
-    state: dict[str, Any] = {"affine": transforms.affine}
+    state: dict[str, Any] = {"affine": transforms.affine, "fingerprints": reader.fingerprints}
     if accepted and transforms.warp:
         warps = [transforms.warp, *chain_warps]
         inverses = [*chain_inverse, transforms.inverse_warp]
@@ -370,7 +432,7 @@ def _finish(
     affine: str,
     total_warp: tuple[str, str] | None,
     inputs_key: str,
-    reader: _LevelReader,
+    fingerprints: dict[str, dict[str, str]],
 ) -> dict[str, Any]:
     for sub in ("forward", "inverse"):
         (root / sub).mkdir(exist_ok=True)
@@ -410,8 +472,8 @@ def _finish(
         "scalereg_version": __version__,
         "kind": "scalereg-transform",
         "inputs_key": inputs_key,
-        "fixed": _image_record(fixed, layouts["fixed"], reader.fingerprints["fixed"]),
-        "moving": _image_record(moving, layouts["moving"], reader.fingerprints["moving"]),
+        "fixed": _image_record(fixed, layouts["fixed"], fingerprints["fixed"]),
+        "moving": _image_record(moving, layouts["moving"], fingerprints["moving"]),
         "space": {"physical": "LPS", "unit": "micrometer"},
         "mapping": "moving_point = affine(fixed_point + field(fixed_point)); "
         "ants.apply_transforms(fixed, moving, forward) resamples moving onto fixed",

@@ -1,0 +1,149 @@
+"""Flow: the whole pipeline for one brain, on one Dask cluster.
+
+fixed and moving sources -> OME-Zarr pyramids (convert, skipped for complete OME-Zarr
+inputs) -> coarse-to-fine registration (one task per level) -> tiled warp of the
+full-resolution moving volume onto the fixed grid -> output pyramid -> report.
+
+Produces, under ``out``: ``fixed.ome.zarr`` and ``moving.ome.zarr`` (when converted),
+``transform/`` (the transform directory), ``warped.ome.zarr`` and ``report.md``; as
+Prefect artifacts, every stage's tables, QC pictures, progress and reports, and a
+final report with links to every output.  A re-run with the same inputs resumes:
+finished pyramids, registration steps and warp tiles are skipped (by their completion
+records and fingerprints), and the report says what was skipped.
+
+Run as a script:  python -m flows.register_brain --fixed F --moving M --out DIR
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.states import Completed, Failed, State
+
+from flows.cluster import cluster_threads, dask_cluster, runner_for
+from flows.convert_volume import convert_volume_blocks
+from flows.register_volume import register_volume_steps
+from flows.warp_volume import warp_volume_tiles
+from scalereg.errors import InputError
+from scalereg.omezarr import read_pyramid
+from scalereg.register.register_pyramids import DEFAULT_MEMORY_BUDGET
+from scalereg.storage import join, normalize_uri, redact_uri
+from scalereg.warp import DEFAULT_WARP_BUDGET
+from tasks.artifacts import artifact_key
+
+
+@flow(name="register-brain", log_prints=True)
+def register_brain(
+    fixed: str,
+    moving: str,
+    out: str,
+    fixed_spacing: list[float] | None = None,
+    fixed_unit: str | None = None,
+    fixed_orientation: str | None = None,
+    moving_spacing: list[float] | None = None,
+    moving_unit: str | None = None,
+    moving_orientation: str | None = None,
+    schedule: str = "mouse",
+    registration_memory_budget: str = DEFAULT_MEMORY_BUDGET,
+    interpolation: Literal["linear", "bspline", "nearest", "label"] = "linear",
+    warp_memory_budget: str = DEFAULT_WARP_BUDGET,
+    chunks: int = 128,
+    overwrite: bool = False,
+    cluster: str = "local",
+) -> dict[str, Any] | State:
+    """Register the brain ``moving`` to ``fixed`` and warp it onto the fixed grid at full
+    resolution; outputs under ``out``.  Sources: NIfTI, TIFF, NRRD/MHA, Zarr or OME-Zarr
+    (local or s3://); spacing, unit and orientation override what a file says."""
+    logger = get_run_logger()
+    out = normalize_uri(out)
+    stages: list[dict[str, Any]] = []
+    with dask_cluster(cluster) as address:
+        runner = runner_for(address)
+        tasks_per_level = 4 * cluster_threads(address)
+        pyramids = {}
+        for role, source, spacing, unit, orientation in (
+            ("fixed", fixed, fixed_spacing, fixed_unit, fixed_orientation),
+            ("moving", moving, moving_spacing, moving_unit, moving_orientation),
+        ):
+            if _usable_pyramid(source) and spacing is None and unit is None and orientation is None:
+                pyramids[role] = normalize_uri(source)
+                stages.append({"stage": f"convert {role}", "state": "skipped: already an OME-Zarr pyramid", "output": pyramids[role]})
+                continue
+            output = join(out, f"{role}.ome.zarr")
+            state = convert_volume_blocks.with_options(task_runner=runner, name=f"convert-{role}")(
+                source=source, output=output, spacing=spacing, unit=unit, orientation=orientation,
+                chunks=chunks, overwrite=overwrite, tasks_per_level=tasks_per_level, return_state=True,
+            )  # fmt: skip
+            if state.is_failed():
+                return Failed(name=state.name, message=state.message)
+            result = state.result()
+            pyramids[role] = output
+            stages.append({"stage": f"convert {role}", "state": _state_text(result), "output": output})
+
+        transform = join(out, "transform")
+        state = register_volume_steps.with_options(task_runner=runner)(
+            fixed=pyramids["fixed"], moving=pyramids["moving"], out=transform, schedule=schedule,
+            memory_budget=registration_memory_budget, overwrite=overwrite, return_state=True,
+        )  # fmt: skip
+        if state.is_failed():
+            return Failed(name=state.name, message=state.message)
+        registered = state.result()
+        reused = sum(1 for row in registered["steps"] if row.get("reused"))
+        stages.append({"stage": "register", "state": registered["state"] + (f" ({reused} steps reused)" if reused else ""), "output": transform})
+
+        warped = join(out, "warped.ome.zarr")
+        state = warp_volume_tiles.with_options(task_runner=runner)(
+            transform=[transform], moving=pyramids["moving"], reference=pyramids["fixed"], output=warped,
+            interpolation=interpolation, memory_budget=warp_memory_budget, overwrite=overwrite,
+            tasks_per_level=tasks_per_level, return_state=True,
+        )  # fmt: skip
+        if state.is_failed():
+            return Failed(name=state.name, message=state.message)
+        stages.append({"stage": "warp", "state": _state_text(state.result()), "output": warped})
+
+    report = _report(fixed, moving, out, stages, registered)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "report.md").write_text(report)
+    create_markdown_artifact(markdown=report, key=artifact_key(Path(out).name, "pipeline-report"), description=f"register-brain: {redact_uri(moving)} to {redact_uri(fixed)}")
+    for stage in stages:
+        logger.info("%s: %s", stage["stage"], stage["state"])
+    return Completed(data={"out": out, "stages": stages, "report": join(out, "report.md")}, message=f"wrote {out}")
+
+
+def _usable_pyramid(source: str) -> bool:
+    """Whether ``source`` is a finished OME-Zarr pyramid that can be used as it is."""
+    try:
+        layout = read_pyramid(normalize_uri(source))
+    except (InputError, Exception):
+        return False
+    return (layout.attributes.get("status") or {}).get("status") in (None, "complete") and layout.geometry.orientation is not None
+
+
+def _state_text(result: dict[str, Any]) -> str:
+    state = result.get("state", "new")
+    if state == "complete":
+        return "skipped: already complete for these inputs"
+    skipped = sum(row.get("skipped", 0) for row in result.get("levels", []))
+    return "resumed" + (f" ({skipped} blocks skipped)" if skipped else "") if state == "resume" else "written"
+
+
+def _report(fixed: str, moving: str, out: str, stages: list[dict[str, Any]], registered: dict[str, Any]) -> str:
+    lines = [
+        f"# register-brain: `{redact_uri(moving)}` to `{redact_uri(fixed)}`",
+        "",
+        "| stage | what happened | output |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {s['stage']} | {s['state']} | `{s['output']}` |" for s in stages]
+    rows = registered.get("steps") or []
+    if rows and isinstance(rows[0], dict) and "before" in rows[0]:
+        lines += ["", "| step | transform | spacing (um) | metric | before | after | accepted | seconds |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"| {r['step']} | {r['transform']} | {r['spacing_um']} | {r['metric']} | {r['before']} | {r['after']} | {r['accepted']} | {r['seconds']} |"
+            for r in rows
+        ]
+    lines += ["", f"QC pictures: `{join(out, 'transform', 'steps')}/*/qc.png`", ""]
+    return "\n".join(lines)

@@ -1,0 +1,83 @@
+"""The whole pipeline (register-brain flow) against a real Prefect server on a LocalCluster."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+
+from conftest import QUICK_MOUSE_SCHEDULE
+from scalereg.errors import BAD_INPUT_STATE
+from scalereg.omezarr import read_pyramid, validate_pyramid
+
+pytestmark = pytest.mark.integration
+
+
+def _artifacts(key_prefix: str):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_=key_prefix)))
+
+
+def _ncc(a, b) -> float:
+    a = a.astype(np.float64).ravel() - a.mean()
+    b = b.astype(np.float64).ravel() - b.mean()
+    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+
+
+def test_register_brain_runs_every_stage_and_resumes(prefect_server, sample_volumes, mouse_registration, tmp_path):
+    from flows.register_brain import register_brain
+
+    mouse = sample_volumes["mouse"]
+    moved = mouse_registration["tmp"] / "moved.zarr"  # a plain zarr array: converted by the flow
+    schedule = tmp_path / "schedule.json"
+    schedule.write_text(json.dumps(QUICK_MOUSE_SCHEDULE))
+    out = tmp_path / "brainrun"
+    options = dict(
+        fixed=str(mouse.path), moving=str(moved), out=str(out),
+        fixed_spacing=list(mouse.spacing), fixed_orientation=mouse.orientation,
+        moving_spacing=list(mouse.spacing), moving_orientation=mouse.orientation,
+        schedule=str(schedule), chunks=64,
+    )  # fmt: skip
+    result = register_brain(**options)
+    stages = {s["stage"]: s["state"] for s in result["stages"]}
+    assert stages == {"convert fixed": "written", "convert moving": "written", "register": "new", "warp": "written"}
+    for name in ("fixed.ome.zarr", "moving.ome.zarr", "warped.ome.zarr"):
+        assert validate_pyramid(str(out / name)) == [], name
+    manifest = json.loads((out / "transform" / "manifest.json").read_text())
+    assert [s["step"] for s in manifest["steps"]] == ["01-rigid-200um", "02-affine-200um", "03-syn-100um"]
+    fixed = zarr.open_array(str(out / "fixed.ome.zarr" / "0"))[:]
+    moving = zarr.open_array(str(out / "moving.ome.zarr" / "0"))[:]
+    warped = zarr.open_array(str(out / "warped.ome.zarr" / "0"))[:]
+    assert _ncc(warped, fixed) > _ncc(moving, fixed) + 0.05
+    report = (out / "report.md").read_text()
+    assert "warped.ome.zarr" in report and "03-syn-100um" in report
+
+    artifacts = _artifacts("transform-")
+    keys = {a.key for a in artifacts}
+    assert "transform-steps" in keys and "transform-report" in keys
+    assert {"transform-qc-01-rigid-200um", "transform-qc-03-syn-100um"} <= keys
+    table = next(a for a in artifacts if a.key == "transform-steps")
+    assert "03-syn-100um" in str(table.data) and "jacobian_min" in str(table.data)
+    picture = next(a for a in artifacts if a.key == "transform-qc-03-syn-100um")
+    assert "data:image/png;base64," in str(picture.data)
+    assert any(a.key == "brainrun-pipeline-report" for a in _artifacts("brainrun-"))
+
+    # the same run again: every stage is recognised as done, nothing recomputed
+    again = register_brain(**options)
+    stages = {s["stage"]: s["state"] for s in again["stages"]}
+    assert stages["convert fixed"].startswith("skipped") and stages["convert moving"].startswith("skipped")
+    assert stages["register"].startswith("complete") and stages["warp"].startswith("skipped")
+    assert "skipped" in (out / "report.md").read_text()
+
+
+def test_register_brain_bad_input_fails_once_with_the_message(prefect_server, tmp_path):
+    from flows.register_brain import register_brain
+
+    state = register_brain(fixed=str(tmp_path / "missing.nii.gz"), moving=str(tmp_path / "missing.nii.gz"), out=str(tmp_path / "o"), return_state=True)
+    assert state.is_failed() and state.name == BAD_INPUT_STATE
+    assert "missing.nii.gz" in state.message and "Traceback" not in state.message
