@@ -16,6 +16,7 @@ from prefect_dask import DaskTaskRunner
 from scalereg.errors import InputError
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "infra" / "clusters"
+WORKER_START_TIMEOUT = 300  # seconds for scaled workers (batch jobs) to connect
 DEFAULT_LOCAL: dict[str, Any] = {
     "cluster_class": "distributed.LocalCluster",
     "cluster_kwargs": {
@@ -28,11 +29,12 @@ DEFAULT_LOCAL: dict[str, Any] = {
 
 
 def cluster_spec(cluster: str | None) -> dict[str, Any]:
-    """DaskTaskRunner keyword arguments for ``cluster``.
+    """The cluster profile ``cluster`` names: ``{"address": ...}`` or the keys
+    cluster_class, cluster_kwargs and optionally adapt_kwargs or scale_kwargs.
 
     ``cluster`` is ``None``/``"local"`` (a LocalCluster, one worker per core), a
-    scheduler address (``tcp://host:8786``), a profile name from infra/clusters/,
-    or a path to such a YAML file (keys: cluster_class, cluster_kwargs, adapt_kwargs).
+    scheduler address (``tcp://host:8786``), a profile name from infra/clusters/
+    (e.g. ``"slurm"``), or a path to such a YAML file.
     """
     if cluster in (None, "", "local"):
         path = PROFILES_DIR / "local.yaml"
@@ -50,7 +52,7 @@ def cluster_spec(cluster: str | None) -> dict[str, Any]:
 
 def _load(path: Path) -> dict[str, Any]:
     spec = yaml.safe_load(path.read_text()) or {}
-    unknown = set(spec) - {"cluster_class", "cluster_kwargs", "adapt_kwargs", "address"}
+    unknown = set(spec) - {"cluster_class", "cluster_kwargs", "adapt_kwargs", "scale_kwargs", "address"}
     if unknown:
         raise InputError(str(path), f"unknown keys {sorted(unknown)} in cluster profile")
     return spec
@@ -59,10 +61,13 @@ def _load(path: Path) -> dict[str, Any]:
 @contextmanager
 def dask_cluster(cluster: str | None = None) -> Iterator[str]:
     """Start the cluster ``cluster`` names (or connect to an address) and yield its
-    scheduler address; a cluster started here is closed on exit.
+    scheduler address; a cluster started here is closed on exit (for dask-jobqueue
+    clusters that cancels its batch jobs).
 
     A top-level flow enters this once and hands the address to the stage flows it
-    calls, so that one run uses one cluster.
+    calls, so that one run uses one cluster.  The profile's ``scale_kwargs`` go to
+    ``cluster.scale`` (a fixed number of workers or jobs), its ``adapt_kwargs`` to
+    ``cluster.adapt``.
     """
     spec = cluster_spec(cluster)
     if "address" in spec:
@@ -73,19 +78,37 @@ def dask_cluster(cluster: str | None = None) -> Iterator[str]:
     if isinstance(cluster_class, str):
         module, _, name = cluster_class.rpartition(".")
         cluster_class = getattr(importlib.import_module(module), name)
+    # Kept for the cluster's whole life, not just its construction: a LocalCluster
+    # starts its workers in the constructor, but a batch-system cluster submits jobs
+    # at scale()/adapt() time and again whenever adapt() asks for more, and sbatch
+    # hands each job the submitting process's environment as it is then.
     with _shared_prefect_api():
         instance = cluster_class(**spec.get("cluster_kwargs", {}))
-    try:
-        if spec.get("adapt_kwargs"):
-            instance.adapt(**spec["adapt_kwargs"])
-        yield instance.scheduler_address
-    finally:
-        instance.close()
+        try:
+            if spec.get("scale_kwargs"):
+                instance.scale(**spec["scale_kwargs"])
+                # jobs take a few seconds to start: wait, so that the flow sizes its
+                # batches for the workers it will have (and a queue that never starts
+                # them fails here, with a message, not somewhere in a task)
+                try:
+                    instance.wait_for_workers(len(instance.worker_spec), timeout=WORKER_START_TIMEOUT)
+                except TimeoutError:
+                    raise RuntimeError(
+                        f"cluster {cluster!r}: {len(instance.worker_spec)} workers asked for, "
+                        f"{len(instance.scheduler_info.get('workers', {}))} started within {WORKER_START_TIMEOUT} s "
+                        "(for SLURM: check squeue and the job logs)"
+                    ) from None
+            if spec.get("adapt_kwargs"):
+                instance.adapt(**spec["adapt_kwargs"])
+            yield instance.scheduler_address
+        finally:
+            instance.close()
 
 
 @contextmanager
 def _shared_prefect_api() -> Iterator[None]:
-    """Point worker processes started here at this process's Prefect API.
+    """Point worker processes started here at this process's Prefect API, until exit
+    (when the variable's previous value, or its absence, is restored).
 
     Workers inherit the environment, not Prefect's in-process settings: without
     PREFECT_API_URL in the environment every Dask worker would start a temporary

@@ -1,6 +1,6 @@
 """The `scalereg` command.
 
-Commands that run work (convert, warp, demo) run the Prefect flows in flows/; they are
+Commands that run work (convert, warp, run, demo) run the Prefect flows in flows/; they are
 imported only when used, so the core stays free of Prefect.  A user error prints
 one line and exits with code 2.
 """
@@ -91,6 +91,23 @@ def _parser() -> argparse.ArgumentParser:
     points.add_argument("--target-image", default=None, help="OME-Zarr of the target space (default: from the transform directory)")
     points.add_argument("--drop-outside", action="store_true", help="leave out points that land outside the target image")
     points.set_defaults(run=_transform_points)
+
+    run = commands.add_parser("run", help="the whole pipeline for one brain: convert, register coarse to fine, warp (register-brain flow)")
+    run.add_argument("--fixed", required=True, help="fixed (reference) volume: NIfTI, TIFF, NRRD/MHA, Zarr or OME-Zarr")
+    run.add_argument("--moving", required=True, help="moving volume (the sample), any readable format")
+    run.add_argument("--out", required=True, help="output directory (pyramids, transform/, warped.ome.zarr, report.md)")
+    for role in ("fixed", "moving"):
+        run.add_argument(f"--{role}-spacing", nargs=3, type=float, metavar=("Z", "Y", "X"), help=f"voxel spacing of the {role} volume (overrides the file's)")
+        run.add_argument(f"--{role}-unit", default=None, help=f"space unit of --{role}-spacing")
+        run.add_argument(f"--{role}-orientation", default=None, help=f"3-letter orientation code of the {role} volume (e.g. asr)")
+    run.add_argument("--schedule", default="mouse", help="mouse (default), human, or a YAML/JSON schedule file")
+    run.add_argument("--memory-budget", default="8GiB", help="memory for one registration step (default 8GiB)")
+    run.add_argument("--warp-memory-budget", default=None, help="memory per warp task (default 768MiB)")
+    run.add_argument("--interpolation", choices=["linear", "bspline", "nearest", "label"], default="linear")
+    run.add_argument("--chunks", type=int, default=128, help="chunk edge of the pyramids written (default 128)")
+    run.add_argument("--overwrite", action="store_true", help="replace outputs written for other inputs")
+    run.add_argument("--cluster", default="local", help="local, slurm (a profile in infra/clusters), a YAML file or tcp://host:port")
+    run.set_defaults(run=_run)
 
     info = commands.add_parser("info", help="print an OME-Zarr image's levels, shapes, spacing, orientation")
     info.add_argument("path")
@@ -294,6 +311,32 @@ def _transform_points(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from scalereg.warp import DEFAULT_WARP_BUDGET
+
+    _quiet_prefect()
+    from flows.register_brain import register_brain
+
+    state = register_brain(
+        fixed=_path_or_uri(args.fixed), moving=_path_or_uri(args.moving), out=_path_or_uri(args.out),
+        fixed_spacing=list(args.fixed_spacing) if args.fixed_spacing else None, fixed_unit=args.fixed_unit,
+        fixed_orientation=args.fixed_orientation,
+        moving_spacing=list(args.moving_spacing) if args.moving_spacing else None, moving_unit=args.moving_unit,
+        moving_orientation=args.moving_orientation,
+        schedule=args.schedule, registration_memory_budget=args.memory_budget,
+        warp_memory_budget=args.warp_memory_budget or DEFAULT_WARP_BUDGET, interpolation=args.interpolation,
+        chunks=args.chunks, overwrite=args.overwrite, cluster=args.cluster, return_state=True,
+    )  # fmt: skip
+    if state.is_failed():
+        print(f"scalereg: error: {state.message}", file=sys.stderr)
+        return EXIT_USER_ERROR if state.name == BAD_INPUT_STATE else 1
+    result = state.result()
+    for stage in result["stages"]:
+        print(f"{stage['stage']}: {stage['state']} -> {stage['output']}")
+    print(f"report: {result['report']}")
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     from scalereg.omezarr import read_pyramid
 
@@ -364,15 +407,15 @@ DEMO_SCHEDULE = {
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """The pipeline as far as it exists, on the sample mouse brain: convert it (the
-    convert-volume flow), make a copy moved by a known affine and warp, convert that,
-    register the copy back coarse to fine and warp it onto the original's grid (the
-    warp-volume flow)."""
+    """The whole pipeline on the sample mouse brain: a copy of it moved by a known affine
+    and smooth warp is registered back to it by the register-brain flow (convert both,
+    register coarse to fine, warp at full resolution), and the result is scored
+    against the known truth."""
     import numpy as np
+    import tifffile
     import zarr
 
-    from scalereg.omezarr import read_pyramid
-    from scalereg.register import register_pyramids
+    from scalereg.geometry import Geometry
     from scalereg.register.ants_image import to_ants_image
     from scalereg.sample_data import fetch_sample_data
     from scalereg.synthetic import deform, make_deformation, residual_um
@@ -380,38 +423,36 @@ def _demo(args: argparse.Namespace) -> int:
     mouse = fetch_sample_data(["mouse"])["mouse"]
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    fixed = out / "mouse.ome.zarr"
-    options = {
-        "spacing": list(mouse.spacing) if mouse.spacing else None,
-        "unit": mouse.unit,
-        "orientation": mouse.orientation,
-        "ngff_version": "0.5",
-        "chunks": 64,
-        "shards": None,
-        "labels": False,
-        "memory_budget": "256MiB",
-    }
     print(f"sample: {mouse.path}")
-    code = _run_convert_flow(str(mouse.path), str(fixed), options, overwrite=True, cluster=args.cluster)
-    if code:
-        return code
-    _info(argparse.Namespace(path=str(fixed), json=False))
+    volume = tifffile.imread(mouse.path)
+    geometry = Geometry(spacing=mouse.spacing, unit=mouse.unit, orientation=mouse.orientation)
+    truth = make_deformation(to_ants_image(volume, geometry), out / "truth")
+    zarr.save_array(str(out / "moved.zarr"), deform(volume, geometry, truth), overwrite=True)
+    (out / "schedule.json").write_text(json.dumps(DEMO_SCHEDULE))
+    print("moving: the same brain moved by a known affine and a smooth warp (moved.zarr)")
+    print("running the register-brain flow: convert both, register coarse to fine, warp at full resolution\n")
+    _quiet_prefect()
+    from flows.register_brain import register_brain
 
-    layout = read_pyramid(str(fixed))
-    volume = zarr.open_array(str(fixed / "0"))[:]
-    truth = make_deformation(to_ants_image(volume, layout.geometry), out / "truth")
-    zarr.save_array(str(out / "moved.zarr"), deform(volume, layout.geometry, truth), overwrite=True)
-    moving = out / "moved.ome.zarr"
-    print("\nmoving: the same brain moved by a known affine and a smooth warp")
-    code = _run_convert_flow(str(out / "moved.zarr"), str(moving), options, overwrite=True, cluster=args.cluster)
-    if code:
-        return code
-    print("\nregistering moving -> fixed, coarse to fine")
-    manifest = register_pyramids(
-        str(fixed), str(moving), str(out / "transform"), schedule=DEMO_SCHEDULE, overwrite=True, on_step=_print_step
-    )
+    spacing = list(mouse.spacing)
+    state = register_brain(
+        fixed=str(mouse.path), moving=str(out / "moved.zarr"), out=str(out),
+        fixed_spacing=spacing, fixed_unit=mouse.unit, fixed_orientation=mouse.orientation,
+        moving_spacing=spacing, moving_unit=mouse.unit, moving_orientation=mouse.orientation,
+        schedule=str(out / "schedule.json"), chunks=64, cluster=args.cluster, return_state=True,
+    )  # fmt: skip
+    if state.is_failed():
+        print(f"scalereg: error: {state.message}", file=sys.stderr)
+        return EXIT_USER_ERROR if state.name == BAD_INPUT_STATE else 1
+    result = state.result()
+    for stage in result["stages"]:
+        print(f"{stage['stage']}: {stage['state']} -> {stage['output']}")
+    manifest = json.loads((out / "transform" / "manifest.json").read_text())
+    for step in manifest["steps"]:
+        _print_step(step)
+
     brain = np.argwhere(volume > volume.mean())[::200]
-    image = to_ants_image(volume, layout.geometry)
+    image = to_ants_image(volume, geometry)
     points = np.array([image.origin]) + (brain[:, ::-1] * np.asarray(image.spacing)) @ np.asarray(image.direction).T
     forward = [str(out / "transform" / p) for p in manifest["outputs"]["forward"]]
     residual = residual_um(points, forward, truth)
@@ -420,20 +461,11 @@ def _demo(args: argparse.Namespace) -> int:
         f"\nerror of the recovered mapping on brain voxels: median {np.median(residual):.0f} um "
         f"(affine only: {np.median(affine_only):.0f} um), 95th percentile {np.percentile(residual, 95):.0f} um"
     )
-    print("\nwarping moving onto the fixed grid at full resolution, tile by tile")
-    warped = out / "moved-warped.ome.zarr"
-    _quiet_prefect()
-    from flows.warp_volume import warp_volume
-
-    state = warp_volume(transform=[str(out / "transform")], moving=str(moving), reference=str(fixed), output=str(warped), overwrite=True, cluster=args.cluster, return_state=True)
-    if state.is_failed():
-        print(f"scalereg: error: {state.message}", file=sys.stderr)
-        return EXIT_USER_ERROR if state.name == BAD_INPUT_STATE else 1
-    moved = zarr.open_array(str(moving / "0"))[:]
-    result = zarr.open_array(str(warped / "0"))[:]
-    print(f"NCC with the original brain: moved copy {_ncc(volume, moved):.3f}, warped back {_ncc(volume, result):.3f}")
-    print(f"outputs in {out}: mouse.ome.zarr, moved.ome.zarr, transform/ (manifest.json, steps/*/qc.png), moved-warped.ome.zarr")
-    return _validate(argparse.Namespace(path=str(warped)))
+    moved = zarr.open_array(str(out / "moving.ome.zarr" / "0"))[:]
+    warped = zarr.open_array(str(out / "warped.ome.zarr" / "0"))[:]
+    print(f"NCC with the original brain: moved copy {_ncc(volume, moved):.3f}, warped back {_ncc(volume, warped):.3f}")
+    print(f"outputs in {out}: fixed.ome.zarr, moving.ome.zarr, transform/ (manifest.json, steps/*/qc.png), warped.ome.zarr, report.md")
+    return _validate(argparse.Namespace(path=str(out / "warped.ome.zarr")))
 
 
 def _ncc(a: Any, b: Any) -> float:

@@ -10,17 +10,12 @@ from prefect.cache_policies import NO_CACHE
 from scalereg.register.register_pyramids import RegistrationRun
 from tasks.failures import fail_on_input_error, retry_transient
 
-# An ANTs step on a level that fits a worker takes minutes to hours; a hung one is stopped.
-STEP_TIMEOUT_SECONDS = 12 * 3600
-
-
 @task(
     name="register-step",
     task_run_name="step-{label}",
     retries=2,
     retry_delay_seconds=[10, 60],
     retry_condition_fn=retry_transient,
-    timeout_seconds=STEP_TIMEOUT_SECONDS,
     cache_policy=NO_CACHE,  # the step's own record (result.json with the inputs' key) decides reuse
 )
 @fail_on_input_error
