@@ -327,13 +327,19 @@ def _run(args: argparse.Namespace) -> int:
         warp_memory_budget=args.warp_memory_budget or DEFAULT_WARP_BUDGET, interpolation=args.interpolation,
         chunks=args.chunks, overwrite=args.overwrite, cluster=args.cluster, return_state=True,
     )  # fmt: skip
+    code = _print_stages(state)
+    if code == 0:
+        print(f"report: {state.result()['report']}")
+    return code
+
+
+def _print_stages(state: Any) -> int:
+    """Exit code of a register-brain run, after printing its stages (or its error)."""
     if state.is_failed():
         print(f"scalereg: error: {state.message}", file=sys.stderr)
         return EXIT_USER_ERROR if state.name == BAD_INPUT_STATE else 1
-    result = state.result()
-    for stage in result["stages"]:
+    for stage in state.result()["stages"]:
         print(f"{stage['stage']}: {stage['state']} -> {stage['output']}")
-    print(f"report: {result['report']}")
     return 0
 
 
@@ -441,12 +447,9 @@ def _demo(args: argparse.Namespace) -> int:
         moving_spacing=spacing, moving_unit=mouse.unit, moving_orientation=mouse.orientation,
         schedule=str(out / "schedule.json"), chunks=64, cluster=args.cluster, return_state=True,
     )  # fmt: skip
-    if state.is_failed():
-        print(f"scalereg: error: {state.message}", file=sys.stderr)
-        return EXIT_USER_ERROR if state.name == BAD_INPUT_STATE else 1
-    result = state.result()
-    for stage in result["stages"]:
-        print(f"{stage['stage']}: {stage['state']} -> {stage['output']}")
+    code = _print_stages(state)
+    if code:
+        return code
     manifest = json.loads((out / "transform" / "manifest.json").read_text())
     for step in manifest["steps"]:
         _print_step(step)

@@ -81,3 +81,11 @@ def test_register_brain_bad_input_fails_once_with_the_message(prefect_server, tm
     state = register_brain(fixed=str(tmp_path / "missing.nii.gz"), moving=str(tmp_path / "missing.nii.gz"), out=str(tmp_path / "o"), return_state=True)
     assert state.is_failed() and state.name == BAD_INPUT_STATE
     assert "missing.nii.gz" in state.message and "Traceback" not in state.message
+
+
+def test_cli_run_reports_bad_input_in_one_line(prefect_server, tmp_path, capsys):
+    from scalereg.cli import main
+
+    code = main(["run", "--fixed", str(tmp_path / "none.tif"), "--moving", str(tmp_path / "none.tif"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "none.tif" in err and "Traceback" not in err
