@@ -72,7 +72,8 @@ def register_volume_steps(
         run = RegistrationRun(fixed, moving, out, schedule, memory_budget, fixed_mask, moving_mask, normalize, overwrite=overwrite)
     except InputError as error:
         return Failed(name=BAD_INPUT, message=str(error))
-    name = artifact_key(Path(run.root).name or "transform")
+    # keyed by the directory and its parent: "transform" alone would mix every brain's runs
+    name = artifact_key(run.root.parent.name, run.root.name)
     for note in run.plan.notes:
         logger.warning(note)
     if run.manifest() is not None:

@@ -57,13 +57,17 @@ def test_register_brain_runs_every_stage_and_resumes(prefect_server, sample_volu
     report = (out / "report.md").read_text()
     assert "warped.ome.zarr" in report and "03-syn-100um" in report
 
-    artifacts = _artifacts("transform-")
+    artifacts = _artifacts("brainrun-transform-")
     keys = {a.key for a in artifacts}
-    assert "transform-steps" in keys and "transform-report" in keys
-    assert {"transform-qc-01-rigid-200um", "transform-qc-03-syn-100um"} <= keys
-    table = next(a for a in artifacts if a.key == "transform-steps")
+    assert "brainrun-transform-steps" in keys and "brainrun-transform-report" in keys
+    assert {"brainrun-transform-qc-01-rigid-200um", "brainrun-transform-qc-03-syn-100um"} <= keys
+
+    def latest(key):  # an artifact key gets a new version each time it is published
+        return max((a for a in artifacts if a.key == key), key=lambda a: a.created)
+
+    table = latest("brainrun-transform-steps")
     assert "03-syn-100um" in str(table.data) and "jacobian_min" in str(table.data)
-    picture = next(a for a in artifacts if a.key == "transform-qc-03-syn-100um")
+    picture = latest("brainrun-transform-qc-03-syn-100um")
     assert "data:image/png;base64," in str(picture.data)
     assert any(a.key == "brainrun-pipeline-report" for a in _artifacts("brainrun-"))
 
