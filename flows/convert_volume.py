@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.states import Completed, Failed, State
 
 from flows.cluster import cluster_threads, dask_cluster, runner_for
-from flows.write_levels import write_levels
-from scalereg.convert import plan_conversion, prepare_output
+from flows.write_levels import write_pyramid
+from scalereg.convert import plan_conversion
 from scalereg.convert.plan_conversion import DEFAULT_MEMORY_BUDGET
 from scalereg.errors import InputError
 from scalereg.storage import redact_uri
@@ -84,7 +84,6 @@ def convert_volume_blocks(
     Blocks are batched into at most ``tasks_per_level`` tasks per level: a task costs
     Prefect a few tenths of a second, a block often not much more.
     """
-    logger = get_run_logger()
     try:
         plan = plan_conversion(
             source,
@@ -98,18 +97,13 @@ def convert_volume_blocks(
             labels=labels,
             memory_budget=memory_budget,
         )
-        for note in plan.notes:
-            logger.warning(note)
-        state = prepare_output(plan, overwrite=overwrite)
         name = artifact_key(plan.layout.name)
+        written = write_pyramid(plan, name, overwrite, tasks_per_level)
+        if isinstance(written, State):
+            return written
+        state, rows = written
         if state == "complete":
-            logger.info("%s is already complete for this source and layout: nothing to do", plan.output)
             return {"output": plan.output, "state": state, "levels": []}
-        if state == "resume":
-            logger.info("resuming %s: blocks with completion markers are skipped", plan.output)
-        rows = write_levels(plan, name, tasks_per_level)
-        if isinstance(rows, State):
-            return rows
         publish_report(name, _report(plan, rows), f"Conversion of {redact_uri(plan.source.uri)}")
         return Completed(data={"output": plan.output, "state": state, "levels": rows}, message=f"wrote {plan.output}")
     except InputError as error:

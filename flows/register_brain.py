@@ -27,7 +27,6 @@ from flows.cluster import cluster_threads, dask_cluster, runner_for
 from flows.convert_volume import convert_volume_blocks
 from flows.register_volume import register_volume_steps
 from flows.warp_volume import warp_volume_tiles
-from scalereg.errors import InputError
 from scalereg.omezarr import read_pyramid
 from scalereg.register.register_pyramids import DEFAULT_MEMORY_BUDGET
 from scalereg.storage import join, normalize_uri, redact_uri
@@ -117,7 +116,7 @@ def _usable_pyramid(source: str) -> bool:
     """Whether ``source`` is a finished OME-Zarr pyramid that can be used as it is."""
     try:
         layout = read_pyramid(normalize_uri(source))
-    except (InputError, Exception):
+    except Exception:  # not an OME-Zarr at all (a file, a glob of slices): it gets converted
         return False
     return (layout.attributes.get("status") or {}).get("status") in (None, "complete") and layout.geometry.orientation is not None
 

@@ -16,8 +16,7 @@ from prefect import flow, get_run_logger
 from prefect.states import Completed, Failed, State
 
 from flows.cluster import cluster_threads, dask_cluster, runner_for
-from flows.write_levels import write_levels
-from scalereg.convert import prepare_output
+from flows.write_levels import write_pyramid
 from scalereg.errors import InputError
 from scalereg.storage import redact_uri
 from scalereg.warp import DEFAULT_WARP_BUDGET, plan_warp
@@ -97,18 +96,13 @@ def warp_volume_tiles(
             output_dtype=output_dtype,
             memory_budget=memory_budget,
         )
-        for note in plan.notes:
-            logger.info(note)
-        state = prepare_output(plan, overwrite=overwrite)
         name = artifact_key(plan.layout.name)
+        written = write_pyramid(plan, name, overwrite, tasks_per_level, label="tiles")
+        if isinstance(written, State):
+            return written
+        state, rows = written
         if state == "complete":
-            logger.info("%s is already complete for this warp: nothing to do", plan.output)
             return {"output": plan.output, "state": state, "levels": []}
-        if state == "resume":
-            logger.info("resuming %s: tiles with completion markers are skipped", plan.output)
-        rows = write_levels(plan, name, tasks_per_level, label="tiles")
-        if isinstance(rows, State):
-            return rows
         outside = rows[0].get("tiles_outside", 0)
         if outside:
             logger.warning("%d tiles of %d mapped entirely outside the moving image (written as background)", outside, rows[0]["blocks"])

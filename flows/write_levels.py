@@ -16,10 +16,27 @@ from prefect.states import Failed, State
 from tqdm import tqdm
 
 from scalereg.blocks import block_name
-from scalereg.convert import ConversionPlan, finish_conversion, finish_level
+from scalereg.convert import ConversionPlan, finish_conversion, finish_level, prepare_output
 from tasks.artifacts import ProgressArtifact, publish_level_table
 from tasks.convert import convert_blocks
 from tasks.failures import BAD_INPUT, bad_input_message
+
+
+def write_pyramid(plan: ConversionPlan, name: str, overwrite: bool, tasks_per_level: int, label: str = "blocks") -> tuple[str, list[dict[str, Any]]] | State:
+    """Create or resume ``plan``'s output and write what is missing: returns the output's
+    state before the run ("new", "resume", "complete") and the level rows (none when
+    it was complete), or a failed state naming the bad input."""
+    logger = get_run_logger()
+    for note in plan.notes:
+        logger.warning(note)
+    state = prepare_output(plan, overwrite=overwrite)
+    if state == "complete":
+        logger.info("%s is already complete for these inputs: nothing to do", plan.output)
+        return state, []
+    if state == "resume":
+        logger.info("resuming %s: %s with completion markers are skipped", plan.output, label)
+    rows = write_levels(plan, name, tasks_per_level, label)
+    return rows if isinstance(rows, State) else (state, rows)
 
 
 def write_levels(plan: ConversionPlan, name: str, tasks_per_level: int, label: str = "blocks") -> list[dict[str, Any]] | State:

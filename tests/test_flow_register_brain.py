@@ -10,7 +10,7 @@ import zarr
 
 from conftest import QUICK_MOUSE_SCHEDULE
 from scalereg.errors import BAD_INPUT_STATE
-from scalereg.omezarr import read_pyramid, validate_pyramid
+from scalereg.omezarr import validate_pyramid
 
 pytestmark = pytest.mark.integration
 

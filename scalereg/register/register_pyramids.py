@@ -127,6 +127,7 @@ class RegistrationRun:
         self.clip_percentiles = clip_percentiles
         self.inputs_key = _inputs_key(self.fixed, self.moving, self.layouts, self.plan, fixed_mask, moving_mask, normalize, clip_percentiles)
         _prepare_directory(self.root, self.inputs_key, overwrite)
+        self._reader: _LevelReader | None = None
 
     def manifest(self) -> dict[str, Any] | None:
         """The finished directory's manifest, or None while it is not finished."""
@@ -141,12 +142,18 @@ class RegistrationRun:
         and the same starting transforms); the earlier steps must be done."""
         chain = self._chain(index)
         planned = self.plan.steps[index]
-        reader = _LevelReader(self.fixed, self.moving, self.layouts, self.normalize, self.clip_percentiles)
+        if self._reader is None:  # kept across the steps this process runs: a level is read once
+            self._reader = _LevelReader(self.fixed, self.moving, self.layouts, self.normalize, self.clip_percentiles)
         masks = _MaskReader(*self.masks)
         result, _ = _run_or_reuse_step(
-            planned, self.root / "steps" / planned.name, self.inputs_key, reader, masks, chain["warps"], chain["inverse"], chain["affine"], self.layouts
+            planned, self.root / "steps" / planned.name, self.inputs_key, self._reader, masks, chain["warps"], chain["inverse"], chain["affine"], self.layouts
         )
         return result
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_reader"] = None  # levels in memory stay in the process that read them
+        return state
 
     def finish(self) -> dict[str, Any]:
         """Write the composed transforms, the OME-Zarr fields and the manifest (last)."""

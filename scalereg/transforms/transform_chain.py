@@ -106,7 +106,7 @@ def load_transform_chain(
     items = [transforms] if isinstance(transforms, (str, os.PathLike)) else list(transforms)
     if not items:
         raise InputError("transform", "no transform given")
-    if len(items) == 1 and os.path.isdir(str(items[0])) and not str(items[0]).rstrip("/").endswith(".zarr"):
+    if is_transform_directory(items):
         return _from_directory(str(items[0]), inverse, storage_options)
     if inverse:
         raise InputError("--inverse", "applies to a scalereg transform directory; for ANTs files list the inverse transforms themselves")
@@ -141,6 +141,12 @@ def load_transform_chain(
         else:
             raise InputError(path, "unknown transform type: expected an ANTs affine (.mat), a displacement field (.nii.gz, OME-Zarr) or a scalereg transform directory")
     return TransformChain(components, description, None, pending)
+
+
+def is_transform_directory(transforms: str | Sequence[str]) -> bool:
+    """Whether ``transforms`` names one scalereg transform directory (not ANTs files)."""
+    items = [transforms] if isinstance(transforms, (str, os.PathLike)) else list(transforms)
+    return len(items) == 1 and os.path.isdir(str(items[0])) and not str(items[0]).rstrip("/").endswith(".zarr")
 
 
 def _from_directory(directory: str, inverse: bool, storage_options: dict[str, Any] | None) -> TransformChain:

@@ -28,7 +28,7 @@ from scalereg.errors import InputError
 from scalereg.omezarr.read_pyramid import read_pyramid
 from scalereg.storage import normalize_uri
 from scalereg.transforms.grid import GridMap
-from scalereg.transforms.transform_chain import TransformChain, load_transform_chain
+from scalereg.transforms.transform_chain import TransformChain, is_transform_directory, load_transform_chain
 
 Coordinates = Literal["voxel", "physical", "lps"]
 COORDINATES: tuple[str, ...] = ("voxel", "physical", "lps")
@@ -72,16 +72,17 @@ def transform_points(
         raise InputError("points", f"row {row} has a missing or non-finite coordinate")
     cache = tempfile.mkdtemp(prefix="scalereg-fields-")
     try:
-        is_directory = isinstance(transform, str) or len(transform) == 1
-        chain = load_transform_chain(transform, inverse=False, field_cache=cache)
-        if chain.manifest is not None:
+        if is_transform_directory(transform):
             # points from moving space go through the inverse chain (see the module doc)
             chain = load_transform_chain(transform, inverse=source_space == "moving", field_cache=cache)
+            assert chain.manifest is not None
             target_space = "fixed" if source_space == "moving" else "moving"
             source_image = source_image or chain.manifest[source_space]["uri"]
             target_image = target_image or chain.manifest[target_space]["uri"]
-        elif not is_directory and source_space != "moving":
+        elif source_space != "moving":
             raise InputError("--from", "applies to a scalereg transform directory; for ANTs files list the transforms for the direction you need")
+        else:
+            chain = load_transform_chain(transform, field_cache=cache)
         chain.convert_fields()
         source_grid = _grid(source_image, coordinates, "source")
         target_grid = _grid(target_image, coordinates, "target")
@@ -123,18 +124,12 @@ def _from_lps(lps: np.ndarray, coordinates: str, grid: GridMap | None) -> np.nda
 
 
 def _physical_to_index(points: np.ndarray, grid: GridMap) -> np.ndarray:
-    spacing, origin = _axis_aligned(grid)
-    return (points - origin) / spacing
+    """From the grid's own (OME-Zarr) physical frame and unit to indices."""
+    return (points - grid.physical_origin) / grid.physical_spacing
 
 
 def _index_to_physical(index: np.ndarray, grid: GridMap) -> np.ndarray:
-    spacing, origin = _axis_aligned(grid)
-    return origin + index * spacing
-
-
-def _axis_aligned(grid: GridMap) -> tuple[np.ndarray, np.ndarray]:
-    """Spacing and origin of the grid in its own (OME-Zarr) physical frame and unit."""
-    return grid.physical_spacing, grid.physical_origin
+    return grid.physical_origin + index * grid.physical_spacing
 
 
 def _map_in_batches(chain: TransformChain, lps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -84,6 +84,7 @@ def plan_warp(
         raise InputError(moving, f"label interpolation needs an integer image, not {moving_dtype}")
     dtype = _output_dtype(output_dtype, moving_dtype, labels)
 
+    # NIfTI fields are converted into the output's scratch space, removed when it is complete
     chain = load_transform_chain(transform, inverse=inverse, field_cache=join(output, SCRATCH_DIR, "fields"), storage_options=storage_options)
     if chain.manifest is not None:
         fixed_role, moving_role = ("moving", "fixed") if inverse else ("fixed", "moving")
@@ -105,7 +106,6 @@ def plan_warp(
         moving_dtype=moving_dtype,
         chain=chain,
         interpolation=interpolation,
-        field_cache=join(output, SCRATCH_DIR, "fields"),
         region_budget=budget // 2,
         background=background,
         storage_options=storage_options,

@@ -25,7 +25,7 @@ import numpy as np
 
 from scalereg.errors import InputError
 from scalereg.io.source import Region, Source
-from scalereg.storage import join, open_array
+from scalereg.storage import open_array
 from scalereg.transforms.affine_transform import AffineTransform
 from scalereg.transforms.displacement_field import DisplacementField
 from scalereg.transforms.grid import GridMap
@@ -51,7 +51,6 @@ class WarpedSource(Source):
     moving_dtype: np.dtype
     chain: TransformChain
     interpolation: str
-    field_cache: str
     region_budget: int
     background: float = 0.0
     storage_options: dict[str, Any] | None = None
