@@ -27,11 +27,13 @@ from flows.cluster import cluster_threads, dask_cluster, runner_for
 from flows.convert_volume import convert_volume_blocks
 from flows.register_volume import register_volume_steps
 from flows.warp_volume import warp_volume_tiles
+from scalereg.errors import InputError
 from scalereg.omezarr import read_pyramid
 from scalereg.register.register_pyramids import DEFAULT_MEMORY_BUDGET
-from scalereg.storage import join, normalize_uri, redact_uri
+from scalereg.storage import join, normalize_uri, output_uri, redact_uri, write_bytes
 from scalereg.warp import DEFAULT_WARP_BUDGET
 from tasks.artifacts import artifact_key
+from tasks.failures import BAD_INPUT
 
 
 @flow(name="register-brain", log_prints=True)
@@ -57,7 +59,10 @@ def register_brain(
     resolution; outputs under ``out``.  Sources: NIfTI, TIFF, NRRD/MHA, Zarr or OME-Zarr
     (local or s3://); spacing, unit and orientation override what a file says."""
     logger = get_run_logger()
-    out = normalize_uri(out)
+    try:
+        out = output_uri(out)  # never a bucket's root
+    except InputError as error:
+        return Failed(name=BAD_INPUT, message=str(error))
     stages: list[dict[str, Any]] = []
     with dask_cluster(cluster) as address:
         runner = runner_for(address)
@@ -104,8 +109,7 @@ def register_brain(
         stages.append({"stage": "warp", "state": _state_text(state.result()), "output": warped})
 
     report = _report(fixed, moving, out, stages, registered)
-    Path(out).mkdir(parents=True, exist_ok=True)
-    (Path(out) / "report.md").write_text(report)
+    write_bytes(join(out, "report.md"), report.encode())
     create_markdown_artifact(markdown=report, key=artifact_key(Path(out).name, "pipeline-report"), description=f"register-brain: {redact_uri(moving)} to {redact_uri(fixed)}")
     for stage in stages:
         logger.info("%s: %s", stage["stage"], stage["state"])

@@ -12,7 +12,7 @@ Run as a script:  python -m flows.register_volume --fixed F.ome.zarr --moving M.
 from __future__ import annotations
 
 import base64
-from pathlib import Path
+from pathlib import PurePosixPath
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -22,6 +22,7 @@ from prefect.states import Completed, Failed, State
 from flows.cluster import dask_cluster, runner_for
 from scalereg.errors import InputError
 from scalereg.register.register_pyramids import DEFAULT_MEMORY_BUDGET, RegistrationRun
+from scalereg.storage import join
 from tasks.artifacts import artifact_key
 from tasks.failures import BAD_INPUT, bad_input_message
 from tasks.register import finish_registration, register_step
@@ -73,7 +74,8 @@ def register_volume_steps(
     except InputError as error:
         return Failed(name=BAD_INPUT, message=str(error))
     # keyed by the directory and its parent: "transform" alone would mix every brain's runs
-    name = artifact_key(run.root.parent.name, run.root.name)
+    root = PurePosixPath(run.root)  # a path or an s3:// URI
+    name = artifact_key(root.parent.name, root.name)
     for note in run.plan.notes:
         logger.warning(note)
     if run.manifest() is not None:
@@ -91,7 +93,7 @@ def register_volume_steps(
         rows.append(step_row(result))
         logger.info("%s%s: %s", label, " (reused)" if result.get("reused") else "", _metric_text(result))
         create_table_artifact(table=rows, key=artifact_key(name, "steps"), description=f"Registration steps of {run.root} so far")
-        publish_picture(name, result, Path(run.root) / "steps" / label / "qc.png")
+        publish_picture(name, result, run.read_bytes(f"steps/{label}/qc.png"), join(run.root, "steps", label, "qc.png"))
     finished = finish_registration.submit(run)
     finished.result(raise_on_failure=False)
     failure = bad_input_message(finished.state)
@@ -122,11 +124,11 @@ def step_row(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def publish_picture(name: str, result: dict[str, Any], path: Path) -> None:
+def publish_picture(name: str, result: dict[str, Any], picture: bytes | None, path: str) -> None:
     """The step's QC picture as a markdown artifact (embedded, with the file's path)."""
-    if not path.exists():
+    if picture is None:
         return
-    data = base64.b64encode(path.read_bytes()).decode()
+    data = base64.b64encode(picture).decode()
     create_markdown_artifact(
         markdown=f"### {result['step']}: {_metric_text(result)}\n\n![{result['step']}](data:image/png;base64,{data})\n\n`{path}`",
         key=artifact_key(name, "qc", result["step"]),

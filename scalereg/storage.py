@@ -2,7 +2,8 @@
 
 Zarr stores are opened from a URI (a local path or ``s3://bucket/key``) plus fsspec
 ``storage_options``; completion markers are tiny objects written with fsspec after
-the data they vouch for.
+the data they vouch for.  Every opening goes through `resolve_options`, the one
+place that turns a URI and the user's (non-secret) settings into fsspec options.
 """
 
 from __future__ import annotations
@@ -13,7 +14,17 @@ from typing import Any
 import fsspec
 import zarr
 
+from scalereg.errors import InputError
 
+# Settings a caller may give for S3 (everything else comes from the environment).
+S3_SETTINGS = ("endpoint_url", "region", "anon", "profile")
+# Never accepted as a parameter of a flow or the CLI: parameters are recorded by
+# Prefect and shipped to workers; credentials come from each process's boto3 chain.
+SECRET_OPTIONS = ("key", "secret", "token", "password", "aws_access_key_id", "aws_secret_access_key", "aws_session_token")
+# Bounded so that an unreachable endpoint fails in seconds, not minutes; "standard"
+# retries throttling (SlowDown, 503) with backoff before s3fs's own retries.
+# (s3fs retries SlowDown again, up to 5 times, around botocore's attempts.)
+S3_CLIENT_CONFIG = {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 4, "mode": "standard"}}
 
 def is_remote(uri: str) -> bool:
     return "://" in str(uri) and not str(uri).startswith("file://")
@@ -29,10 +40,88 @@ def normalize_uri(uri: str | os.PathLike) -> str:
     return os.path.abspath(os.path.expanduser(text))
 
 
+def resolve_options(uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The fsspec options to open ``uri`` with.
+
+    For ``s3://``: ``endpoint_url``, ``region``, ``anon`` (public buckets, unsigned
+    requests) and ``profile`` from ``storage_options``, else from the environment
+    (``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``, ``AWS_REGION``/``AWS_DEFAULT_REGION``,
+    ``SCALEREG_S3_ANON=1``; ``AWS_PROFILE`` is read by botocore itself), with bounded
+    timeouts and retries.  Credentials are not looked up here: without ``key`` and
+    ``secret`` botocore's chain (environment, profile, instance role) finds them in
+    the process that opens the store, so they never travel with a task.  Other
+    fsspec options given are passed through unchanged.
+    """
+    options = dict(storage_options or {})
+    if not str(uri).startswith(("s3://", "s3a://")):
+        return options
+    env = os.environ
+    endpoint = options.pop("endpoint_url", None) or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    region = options.pop("region", None) or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+    anon = options.pop("anon", None)
+    if anon is None:
+        anon = env.get("SCALEREG_S3_ANON", "").lower() in ("1", "true", "yes")
+    if endpoint:
+        options["endpoint_url"] = endpoint
+    client_kwargs = dict(options.pop("client_kwargs", None) or {})
+    if region:
+        client_kwargs.setdefault("region_name", region)
+    if client_kwargs:
+        options["client_kwargs"] = client_kwargs
+    options["anon"] = bool(anon)
+    options["config_kwargs"] = {**S3_CLIENT_CONFIG, **(options.get("config_kwargs") or {})}
+    return options
+
+
+def check_settings(settings: dict[str, Any] | None, subject: str = "storage_options") -> dict[str, Any]:
+    """``settings`` given as a flow or CLI parameter: only non-secret S3 settings."""
+    settings = dict(settings or {})
+    secret = sorted(k for k in settings if k.lower() in SECRET_OPTIONS)
+    if secret:
+        raise InputError(
+            subject,
+            f"credentials ({', '.join(secret)}) are not accepted as parameters: give them through the environment "
+            "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE), an instance role or a Prefect AwsCredentials block",
+        )
+    unknown = sorted(set(settings) - set(S3_SETTINGS))
+    if unknown:
+        raise InputError(subject, f"unknown settings {unknown}; known: {', '.join(S3_SETTINGS)}")
+    return settings
+
+
 def filesystem(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """The fsspec filesystem for ``uri`` and the path inside it."""
-    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    fs, path = fsspec.core.url_to_fs(uri, **resolve_options(uri, storage_options))
     return fs, path
+
+
+def output_uri(uri: str | os.PathLike) -> str:
+    """``uri`` normalised, refusing a bucket's root: scalereg writes under a prefix only,
+    so a mistyped output can never scatter objects over a whole bucket."""
+    text = normalize_uri(uri)
+    if is_remote(text):
+        _, _, rest = text.partition("://")
+        if "/" not in rest.strip("/"):
+            raise InputError(text, "is the root of a bucket; give a prefix to write under, e.g. s3://bucket/run1")
+    return text
+
+
+def read_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes:
+    fs, path = filesystem(uri, storage_options)
+    return fs.cat_file(path)
+
+
+def write_bytes(uri: str, data: bytes, storage_options: dict[str, Any] | None = None) -> None:
+    """Write a whole object/file at once: a reader sees the old content or the new, never a part."""
+    fs, path = filesystem(uri, storage_options)
+    if is_remote(uri):
+        fs.pipe_file(path, data)  # one PUT: atomic on S3
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+    os.replace(tmp, path)
 
 
 def join(uri: str, *parts: str) -> str:
@@ -46,29 +135,19 @@ def exists(uri: str, storage_options: dict[str, Any] | None = None) -> bool:
 
 def open_group(uri: str, mode: str = "r", storage_options: dict[str, Any] | None = None, **kwargs: Any) -> zarr.Group:
     if is_remote(uri):
-        return zarr.open_group(uri, mode=mode, storage_options=storage_options or {}, **kwargs)
+        return zarr.open_group(uri, mode=mode, storage_options=resolve_options(uri, storage_options), **kwargs)
     return zarr.open_group(uri, mode=mode, **kwargs)
 
 
 def open_array(uri: str, mode: str = "r", storage_options: dict[str, Any] | None = None) -> zarr.Array:
     if is_remote(uri):
-        return zarr.open_array(uri, mode=mode, storage_options=storage_options or {})
+        return zarr.open_array(uri, mode=mode, storage_options=resolve_options(uri, storage_options))
     return zarr.open_array(uri, mode=mode)
 
 
 def write_marker(uri: str, text: str = "", storage_options: dict[str, Any] | None = None) -> None:
     """Write a small marker object (after the data it vouches for)."""
-    fs, path = filesystem(uri, storage_options)
-    parent = path.rsplit("/", 1)[0]
-    if not is_remote(uri):
-        fs.makedirs(parent, exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with fs.open(tmp, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)  # atomic on POSIX: never a half-written marker
-    else:
-        with fs.open(path, "w") as handle:
-            handle.write(text)
+    write_bytes(uri, text.encode(), storage_options)
 
 
 def remove_tree(uri: str, storage_options: dict[str, Any] | None = None) -> None:

@@ -100,3 +100,29 @@ def mouse_registration(mouse_pyramid, tmp_path_factory):
     transform = tmp / "transform"
     manifest = register_pyramids(str(mouse_pyramid), str(moving), str(transform), schedule=QUICK_MOUSE_SCHEDULE)
     return {"tmp": tmp, "fixed": mouse_pyramid, "moving": moving, "transform": transform, "manifest": manifest, "truth": truth}
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 endpoint on loopback (moto_server subprocess, signatures and IAM checked)."""
+    from s3_server import start_s3_server, stop_s3_server
+
+    server = start_s3_server(tmp_path_factory.mktemp("moto") / "moto_server.log")
+    yield server
+    stop_s3_server(server)
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch, tmp_path):
+    """This process (and Dask workers it starts) reach the bucket as the 'writer' user,
+    through the environment only, as a deployment would; the object cache is private."""
+    import s3fs
+
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SCALEREG_CACHE_DIR", str(tmp_path / "object-cache"))
+    # s3fs keeps one filesystem per set of options and credentials come from the
+    # environment, not the options: forget filesystems made under other credentials
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield s3_server
+    s3fs.S3FileSystem.clear_instance_cache()

@@ -12,10 +12,14 @@ from scalereg.convert.run_block import PROGRESS_DIR, SCRATCH_DIR
 from scalereg.errors import InputError
 from scalereg.omezarr.create_pyramid_store import STATUS_KEY, create_pyramid_store, mark_complete, mark_level_complete
 from scalereg.storage import exists, join, open_group, redact_uri, remove_tree
+from scalereg.storage_errors import translating
+
+_on_output = translating(lambda plan, *args, **kwargs: plan.output)
 
 OutputState = Literal["new", "resume", "complete"]
 
 
+@_on_output
 def output_state(plan: ConversionPlan, overwrite: bool = False) -> OutputState:
     """What writing ``plan`` will do to its output, without touching it.
 
@@ -32,6 +36,7 @@ def output_state(plan: ConversionPlan, overwrite: bool = False) -> OutputState:
     raise InputError(plan.output, "output already exists; pass --overwrite (overwrite=True) to replace it")
 
 
+@_on_output
 def prepare_output(plan: ConversionPlan, overwrite: bool = False) -> OutputState:
     """Create the output store (see `output_state` for what happens to an existing one)."""
     options = plan.storage_options
@@ -55,6 +60,7 @@ def prepare_output(plan: ConversionPlan, overwrite: bool = False) -> OutputState
     return "new"
 
 
+@_on_output
 def finish_level(plan: ConversionPlan, level: int, results: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
     """Record level ``level`` as complete and return its row for the level table."""
     spec = plan.layout.levels[level]
@@ -78,6 +84,7 @@ def finish_level(plan: ConversionPlan, level: int, results: list[dict[str, Any]]
     return row
 
 
+@_on_output
 def finish_conversion(plan: ConversionPlan) -> None:
     """Drop the per-block markers and scratch files and mark the output complete (the last write)."""
     remove_tree(join(plan.output, PROGRESS_DIR), plan.storage_options)

@@ -10,6 +10,7 @@ from scalereg.convert.copy_source_block import copy_and_downsample_block, copy_s
 from scalereg.convert.plan_conversion import ConversionPlan
 from scalereg.pyramid.downsample_block import downsample_block
 from scalereg.storage import exists, join, open_array, write_marker
+from scalereg.storage_errors import translating
 
 PROGRESS_DIR = ".scalereg-progress"
 # Files a run needs until it finishes (e.g. transforms converted for a warp).
@@ -32,6 +33,7 @@ def run_blocks(plan: ConversionPlan, level: int, blocks: list[Block]) -> list[di
     return [run_block(plan, level, block) for block in blocks]
 
 
+@translating(lambda plan, *args, **kwargs: plan.output)
 def run_block(plan: ConversionPlan, level: int, block: Block) -> dict[str, Any]:
     """Write ``block`` of ``level``, then its completion marker; idempotent.
 

@@ -11,6 +11,7 @@ import fsspec
 from scalereg.errors import InputError
 from scalereg.io.source import Source
 from scalereg.storage import filesystem, is_remote, normalize_uri
+from scalereg.storage_errors import storage_errors
 
 SUPPORTED_FORMATS = (
     "NIfTI (.nii, .nii.gz)",
@@ -28,8 +29,9 @@ def open_source(uri: str, storage_options: dict[str, Any] | None = None) -> Sour
 
     Files are recognised by extension; directories and remote URLs by their Zarr
     metadata (OME ``multiscales`` -> OmeZarrSource, an array -> ZarrArraySource)
-    or, for a local directory, by holding TIFF slices.  Remote storage (s3://,
-    gs://, ...) is supported for Zarr only; ``storage_options`` go to fsspec.
+    or, for a local directory, by holding TIFF slices.  In a bucket (s3://, ...) a
+    Zarr is read in place and a single-file volume (NIfTI, TIFF, NRRD/MHA) through a
+    local copy on each host that reads it; ``storage_options`` go to fsspec.
     """
     if is_remote(str(uri)):
         return _open_remote(str(uri), storage_options)
@@ -66,14 +68,28 @@ def _open_remote(uri: str, storage_options: dict[str, Any] | None) -> Source:
         fs, path = filesystem(uri, storage_options)
     except (ImportError, ValueError) as error:
         raise InputError(uri, f"cannot open this URL: {error}") from None
-    if not fs.exists(path):
-        raise InputError(uri, "no such file or directory")
-    kind = _zarr_kind(fs, path)
+    with storage_errors(uri):
+        if fs.isfile(path):
+            return _open_object(uri, storage_options)
+        if not fs.exists(path):
+            raise InputError(uri, "no such object or prefix")
+        kind = _zarr_kind(fs, path)
     if kind is None:
-        raise _unknown_format(
-            uri, "remote storage is supported for Zarr and OME-Zarr only, and no Zarr metadata was found"
-        )
+        raise _unknown_format(uri, "no Zarr metadata under this prefix")
     return _open_zarr(uri, kind, storage_options)
+
+
+def _open_object(uri: str, storage_options: dict[str, Any] | None) -> Source:
+    from scalereg.io.itk_source import ITK_SUFFIXES, ItkSource
+    from scalereg.io.nifti_source import NiftiSource
+    from scalereg.io.staged_source import StagedSource
+    from scalereg.io.tiff_source import TIFF_SUFFIXES, TiffSource
+
+    name = uri.lower()
+    for suffixes, reader in (((".nii", ".nii.gz"), NiftiSource), (TIFF_SUFFIXES, TiffSource), (ITK_SUFFIXES, ItkSource)):
+        if name.endswith(suffixes):
+            return StagedSource(uri, reader, storage_options)
+    raise _unknown_format(uri, "unrecognised file extension")
 
 
 def _open_zarr(uri: str, kind: str, storage_options: dict[str, Any] | None) -> Source:

@@ -16,6 +16,7 @@ from scalereg.omezarr.create_pyramid_store import STATUS_KEY
 from scalereg.omezarr.pyramid_layout import Level, PyramidLayout
 from scalereg.orientation import orientation_from_rfc4
 from scalereg.storage import open_group
+from scalereg.storage_errors import storage_errors
 
 
 def read_pyramid(uri: str, storage_options: dict[str, Any] | None = None) -> PyramidLayout:
@@ -26,7 +27,10 @@ def read_pyramid(uri: str, storage_options: dict[str, Any] | None = None) -> Pyr
     ``layout.attributes`` also holds scalereg's status block when present.
     """
     try:
-        group = open_group(uri, mode="r", storage_options=storage_options)
+        with storage_errors(uri, storage_options):
+            group = open_group(uri, mode="r", storage_options=storage_options)
+    except InputError:
+        raise
     except (FileNotFoundError, ValueError, KeyError) as error:
         raise InputError(uri, f"not a Zarr group ({type(error).__name__}: {error})") from None
     attrs = dict(group.attrs)

@@ -15,6 +15,11 @@ A fixed-space point p maps to moving space as ``affine(p + field(p))``:
 resamples the moving image onto the fixed grid; ``[forward/affine.mat,
 inverse/inverse_warp.nii.gz]`` with ``whichtoinvert=[True, False]`` goes back.
 Physical units are micrometers in LPS, whatever the pyramids' units.
+
+``out`` may be in a bucket (s3://): ANTs reads and writes only local files, so each
+step works in a local directory on the worker that runs it (fetching the earlier
+steps' transforms into the worker-local cache) and uploads its files, its record
+last; records name files relative to ``out``, so any worker can resume any step.
 """
 
 from __future__ import annotations
@@ -43,7 +48,9 @@ from scalereg.register.plan_registration import PlannedStep, RegistrationPlan, p
 from scalereg.register.qc import foreground, jacobian_stats, qc_picture, similarity
 from scalereg.register.run_ants_step import run_ants_step
 from scalereg.register.schedule import RegistrationSchedule, load_schedule
-from scalereg.storage import is_remote, join, normalize_uri
+from scalereg.local_cache import local_copy, scratch_dir
+from scalereg.storage import filesystem, is_remote, join, normalize_uri, open_array, output_uri, read_bytes, redact_uri, write_bytes
+from scalereg.storage_errors import storage_errors
 from scalereg.transforms.grid import lps_bounds_um
 from scalereg.units import format_bytes, parse_bytes
 
@@ -109,11 +116,11 @@ class RegistrationRun:
         normalize: bool = False,
         clip_percentiles: tuple[float, float] = (0.5, 99.5),
         overwrite: bool = False,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
-        self.fixed, self.moving, out = normalize_uri(fixed), normalize_uri(moving), normalize_uri(out)
-        if is_remote(out):
-            raise InputError(out, "the transform directory must be a local path for now")
-        self.layouts = {"fixed": read_pyramid(self.fixed), "moving": read_pyramid(self.moving)}
+        self.fixed, self.moving, self.root = normalize_uri(fixed), normalize_uri(moving), output_uri(out)
+        self.storage_options = storage_options
+        self.layouts = {"fixed": read_pyramid(self.fixed, storage_options), "moving": read_pyramid(self.moving, storage_options)}
         for name, layout in self.layouts.items():
             status = (layout.attributes.get("status") or {}).get("status")
             if status not in (None, "complete"):
@@ -121,18 +128,39 @@ class RegistrationRun:
         self.plan = plan_registration(self.layouts["fixed"], self.layouts["moving"], load_schedule(schedule), parse_bytes(memory_budget), self.fixed, self.moving)
         if not self.plan.steps:
             raise InputError("schedule", "no step of the schedule can run on these pyramids")
-        self.root = Path(out)
         self.masks = (fixed_mask, moving_mask)
         self.normalize = normalize
         self.clip_percentiles = clip_percentiles
         self.inputs_key = _inputs_key(self.fixed, self.moving, self.layouts, self.plan, fixed_mask, moving_mask, normalize, clip_percentiles)
-        _prepare_directory(self.root, self.inputs_key, overwrite)
+        with storage_errors(self.root):
+            _prepare_directory(self.root, self.inputs_key, overwrite, storage_options)
         self._reader: _LevelReader | None = None
+
+    @property
+    def work(self) -> Path:
+        """The local directory ANTs works in: ``out`` itself, or for a bucket a
+        worker-local mirror of it (the same on every call on this host)."""
+        if is_remote(self.root):
+            return scratch_dir(self.root, self.inputs_key)
+        return Path(self.root)
+
+    def read_json(self, relative: str) -> dict[str, Any] | None:
+        """The JSON document at ``relative`` under ``out``, or None when there is none."""
+        try:
+            return json.loads(read_bytes(join(self.root, relative), self.storage_options))
+        except FileNotFoundError:
+            return None
+
+    def read_bytes(self, relative: str) -> bytes | None:
+        """A file of the directory (e.g. a step's qc.png), or None when it is missing."""
+        try:
+            return read_bytes(join(self.root, relative), self.storage_options)
+        except FileNotFoundError:
+            return None
 
     def manifest(self) -> dict[str, Any] | None:
         """The finished directory's manifest, or None while it is not finished."""
-        path = self.root / MANIFEST
-        return json.loads(path.read_text()) if path.exists() else None
+        return self.read_json(MANIFEST)
 
     def step_names(self) -> list[str]:
         return [planned.name for planned in self.plan.steps]
@@ -143,12 +171,38 @@ class RegistrationRun:
         chain = self._chain(index)
         planned = self.plan.steps[index]
         if self._reader is None:  # kept across the steps this process runs: a level is read once
-            self._reader = _LevelReader(self.fixed, self.moving, self.layouts, self.normalize, self.clip_percentiles)
-        masks = _MaskReader(*self.masks)
-        result, _ = _run_or_reuse_step(
-            planned, self.root / "steps" / planned.name, self.inputs_key, self._reader, masks, chain["warps"], chain["inverse"], chain["affine"], self.layouts
-        )
+            self._reader = _LevelReader(self.fixed, self.moving, self.layouts, self.normalize, self.clip_percentiles, self.storage_options)
+        with storage_errors(self.root):
+            saved = self.read_json(f"steps/{planned.name}/result.json")
+            if saved and saved.get("inputs_key") == self.inputs_key and saved.get("chain_key") == chain["key"]:
+                saved["result"]["reused"] = True
+                return saved["result"]
+            masks = _MaskReader(*self.masks, storage_options=self.storage_options)
+            local = {k: self._local(chain[k]) for k in ("warps", "inverse")}
+            result, state = _run_step(
+                planned, self.work, self._reader, masks, local["warps"], local["inverse"], self._local(chain["affine"]), self.layouts
+            )
+            self._publish_step(planned.name, {"inputs_key": self.inputs_key, "chain_key": chain["key"], "result": result, "state": state})
         return result
+
+    def _local(self, relative: Any) -> Any:
+        """Local paths for files named relative to ``out`` (fetched to this host's cache when remote)."""
+        if relative is None:
+            return None
+        if isinstance(relative, list):
+            return [self._local(item) for item in relative]
+        if is_remote(self.root):
+            return local_copy(join(self.root, relative), self.storage_options)
+        return os.path.join(self.root, relative)
+
+    def _publish_step(self, name: str, record: dict[str, Any]) -> None:
+        """Make a step's files visible under ``out``, its record (what makes it done) last."""
+        workdir = self.work / "steps" / name
+        if is_remote(self.root):
+            files = sorted(p for p in workdir.rglob("*") if p.is_file())
+            fs, path = filesystem(self.root, self.storage_options)
+            fs.put([str(p) for p in files], [f"{path}/{p.relative_to(self.work).as_posix()}" for p in files])
+        write_bytes(join(self.root, "steps", name, "result.json"), json.dumps(record, indent=2).encode(), self.storage_options)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -167,18 +221,19 @@ class RegistrationRun:
             for which in fingerprints:
                 fingerprints[which].update(record["state"].get("fingerprints", {}).get(which, {}))
         results = [record["result"] for record in chain["records"]]
-        return _finish(self.root, self.fixed, self.moving, self.layouts, self.plan, results, chain["affine"], chain["total_warp"], self.inputs_key, fingerprints)
+        with storage_errors(self.root):
+            return _finish(self, results, self._local(chain["affine"]), self._local(chain["total_warp"]), fingerprints)
 
     def _chain(self, upto: int) -> dict[str, Any]:
         """What steps 0..upto-1 recorded: the transforms a later step starts from."""
+        # paths relative to ``out``
         warps: list[str] = []  # apply order: newest (finest) first
         inverse: list[str] = []  # apply order: oldest first
         affine: str | None = None
-        total_warp: tuple[str, str] | None = None
+        total_warp: list[str] | None = None
         records = []
         for planned in self.plan.steps[:upto]:
-            path = self.root / "steps" / planned.name / "result.json"
-            record = json.loads(path.read_text()) if path.exists() else None
+            record = self.read_json(f"steps/{planned.name}/result.json")
             if record is None or record.get("inputs_key") != self.inputs_key or record.get("chain_key") != [*warps, affine]:
                 raise RuntimeError(f"step {planned.name} has not finished for these inputs; run the steps in order")
             state = record["state"]
@@ -187,18 +242,17 @@ class RegistrationRun:
                 if state.get("warp"):
                     warps.insert(0, state["warp"])
                     inverse.append(state["inverse_warp"])
-                    total_warp = (state["total_warp"], state["total_inverse_warp"])
+                    total_warp = [state["total_warp"], state["total_inverse_warp"]]
             records.append(record)
-        return {"warps": warps, "inverse": inverse, "affine": affine, "total_warp": total_warp, "records": records}
+        return {"warps": warps, "inverse": inverse, "affine": affine, "total_warp": total_warp, "records": records, "key": [*warps, affine]}
 
 
 # ------------------------------------------------------------------ one step
 
 
-def _run_or_reuse_step(
+def _run_step(
     planned: PlannedStep,
-    workdir: Path,
-    inputs_key: str,
+    work: Path,
     reader: "_LevelReader",
     masks: "_MaskReader",
     chain_warps: list[str],
@@ -206,13 +260,9 @@ def _run_or_reuse_step(
     affine: str | None,
     layouts: dict[str, PyramidLayout],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    record = workdir / "result.json"
-    chain_key = [*chain_warps, affine]  # what this step starts from
-    if record.exists():
-        saved = json.loads(record.read_text())
-        if saved.get("inputs_key") == inputs_key and saved.get("chain_key") == chain_key:
-            saved["result"]["reused"] = True
-            return saved["result"], saved["state"]
+    """Run one step in ``work``/steps/<name> from the chain so far (local files); returns
+    its result and its state (the files it wrote, relative to ``work``)."""
+    workdir = work / "steps" / planned.name
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
@@ -280,7 +330,7 @@ def _run_or_reuse_step(
             total_inverse_warp=total_inverse,
         )
         result.update(jacobian_stats(total, fixed_image, foreground(fixed_array)))
-    result["picture"] = qc_picture(
+    qc_picture(
         fixed_array,
         before,
         after,
@@ -288,9 +338,12 @@ def _run_or_reuse_step(
         workdir / "qc.png",
         f"{planned.name}: {key} {metric_before[key]:.3f} -> {metric_after[key]:.3f}" + ("" if accepted else " (discarded)"),
     )
+    result["picture"] = f"steps/{planned.name}/qc.png"  # relative to the transform directory
     os.remove(transforms.warped)
     (workdir / "qc.json").write_text(json.dumps(result, indent=2))
-    record.write_text(json.dumps({"inputs_key": inputs_key, "chain_key": chain_key, "result": result, "state": state}, indent=2))
+    for name in ("affine", "warp", "inverse_warp", "total_warp", "total_inverse_warp"):
+        if state.get(name):  # relative, so that another host (or a moved directory) finds them
+            state[name] = Path(os.path.relpath(state[name], work)).as_posix()
     return result, state
 
 
@@ -356,8 +409,9 @@ def _check_overlap(fixed: np.ndarray, moving_in_fixed: np.ndarray, names: dict[s
 class _LevelReader:
     """Pyramid levels as ANTs images, each read once, with a content fingerprint."""
 
-    def __init__(self, fixed: str, moving: str, layouts: dict[str, PyramidLayout], normalize: bool, clip: tuple[float, float]):
+    def __init__(self, fixed: str, moving: str, layouts: dict[str, PyramidLayout], normalize: bool, clip: tuple[float, float], storage_options: dict[str, Any] | None = None):
         self.names = {"fixed": fixed, "moving": moving}
+        self.storage_options = storage_options
         self.layouts = layouts
         self.normalize = normalize
         self.clip = clip
@@ -369,7 +423,7 @@ class _LevelReader:
         if key not in self._cache:
             self._cache = {k: v for k, v in self._cache.items() if k[0] != which}  # keep one level per image
             layout = self.layouts[which]
-            array = zarr.open_array(join(self.names[which], layout.levels[level].path), mode="r")[:]
+            array = open_array(join(self.names[which], layout.levels[level].path), storage_options=self.storage_options)[:]
             if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
                 raise InputError(self.names[which], f"level {level} contains NaN/Inf voxels")
             self.fingerprints[which][layout.levels[level].path] = level_fingerprint(array)
@@ -382,9 +436,10 @@ class _LevelReader:
 
 
 class _MaskReader:
-    def __init__(self, fixed: str | None, moving: str | None) -> None:
+    def __init__(self, fixed: str | None, moving: str | None, storage_options: dict[str, Any] | None = None) -> None:
         self.uris = {"fixed": normalize_uri(fixed) if fixed else None, "moving": normalize_uri(moving) if moving else None}
-        self.layouts = {k: read_pyramid(v) for k, v in self.uris.items() if v}
+        self.storage_options = storage_options
+        self.layouts = {k: read_pyramid(v, storage_options) for k, v in self.uris.items() if v}
 
     def image(self, which: str, image_layout: PyramidLayout, spacing_um: float, reference: "ants.ANTsImage") -> "ants.ANTsImage | None":
         uri = self.uris[which]
@@ -392,7 +447,7 @@ class _MaskReader:
             return None
         layout = self.layouts[which]
         level, _ = choose_level(layout, spacing_um, uri)
-        array = (zarr.open_array(join(uri, layout.levels[level].path), mode="r")[:] > 0).astype(np.float32)
+        array = (open_array(join(uri, layout.levels[level].path), storage_options=self.storage_options)[:] > 0).astype(np.float32)
         mask = to_ants_image(array, layout.level_geometry(level), uri)
         if tuple(mask.shape) != tuple(reference.shape):
             mask = ants.resample_image_to_target(mask, reference, interp_type="nearestNeighbor")
@@ -413,37 +468,34 @@ def _inputs_key(fixed: str, moving: str, layouts: dict[str, PyramidLayout], plan
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _prepare_directory(root: Path, inputs_key: str, overwrite: bool) -> None:
+def _prepare_directory(root: str, inputs_key: str, overwrite: bool, storage_options: dict[str, Any] | None) -> None:
     """Resume a directory written for the same inputs; refuse anything else unless ``overwrite``."""
-    if root.exists() and any(root.iterdir()):
-        marker = root / "inputs_key"
-        ours = marker.exists() and marker.read_text().strip() == inputs_key
+    fs, path = filesystem(root, storage_options)
+    if fs.exists(path) and fs.ls(path):
+        marker = f"{path}/inputs_key"
+        ours = fs.exists(marker) and fs.cat_file(marker).decode().strip() == inputs_key
         if overwrite:
-            shutil.rmtree(root)
+            fs.rm(path, recursive=True)
         elif not ours:
-            raise InputError(str(root), "transform directory already exists for other inputs; pass --overwrite to replace it")
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "inputs_key").write_text(inputs_key)
+            raise InputError(root, "transform directory already exists for other inputs; pass --overwrite to replace it")
+    write_bytes(join(root, "inputs_key"), inputs_key.encode(), storage_options)
 
 
 # ------------------------------------------------------------------ outputs
 
 
 def _finish(
-    root: Path,
-    fixed: str,
-    moving: str,
-    layouts: dict[str, PyramidLayout],
-    plan: RegistrationPlan,
+    run: RegistrationRun,
     results: list[dict[str, Any]],
     affine: str,
-    total_warp: tuple[str, str] | None,
-    inputs_key: str,
+    total_warp: list[str] | None,
     fingerprints: dict[str, dict[str, str]],
 ) -> dict[str, Any]:
-    for sub in ("forward", "inverse"):
-        (root / sub).mkdir(exist_ok=True)
-    shutil.copyfile(affine, root / "forward" / "affine.mat")
+    """The composed transforms as files, the fields as OME-Zarr, then the manifest
+    (last: its presence says the directory is complete); ``affine`` and
+    ``total_warp`` are local files."""
+    root, options, plan, layouts = run.root, run.storage_options, run.plan, run.layouts
+    files = {"forward/affine.mat": affine}
     outputs: dict[str, Any] = {
         "affine": "forward/affine.mat",
         "forward": ["forward/affine.mat"],
@@ -451,13 +503,14 @@ def _finish(
         "inverse_invert": [True],
     }
     if total_warp:
-        shutil.copyfile(total_warp[0], root / "forward" / "warp.nii.gz")
-        shutil.copyfile(total_warp[1], root / "inverse" / "inverse_warp.nii.gz")
+        files.update({"forward/warp.nii.gz": total_warp[0], "inverse/inverse_warp.nii.gz": total_warp[1]})
         last = next(r for r in reversed(results) if r["accepted"] and r["transform"] == "syn")
         for name, path in (("field.ome.zarr", total_warp[0]), ("inverse_field.ome.zarr", total_warp[1])):
             image = ants.image_read(path)  # on the SyN step's grid, cropped to the tissue
             field = from_ants_image(image)  # (z, y, x, 3)
-            write_vector_field(str(root / name), np.moveaxis(field, -1, 0), ants_image_geometry(image, name), f"{name}: see manifest.json 'mapping'")
+            write_vector_field(
+                join(root, name), np.moveaxis(field, -1, 0), ants_image_geometry(image, name), f"{name}: see manifest.json 'mapping'", storage_options=options
+            )  # fmt: skip
         outputs.update(
             warp="forward/warp.nii.gz",
             inverse_warp="inverse/inverse_warp.nii.gz",
@@ -478,9 +531,9 @@ def _finish(
     manifest = {
         "scalereg_version": __version__,
         "kind": "scalereg-transform",
-        "inputs_key": inputs_key,
-        "fixed": _image_record(fixed, layouts["fixed"], fingerprints["fixed"]),
-        "moving": _image_record(moving, layouts["moving"], fingerprints["moving"]),
+        "inputs_key": run.inputs_key,
+        "fixed": _image_record(run.fixed, layouts["fixed"], fingerprints["fixed"]),
+        "moving": _image_record(run.moving, layouts["moving"], fingerprints["moving"]),
         "space": {"physical": "LPS", "unit": "micrometer"},
         "mapping": "moving_point = affine(fixed_point + field(fixed_point)); "
         "ants.apply_transforms(fixed, moving, forward) resamples moving onto fixed",
@@ -503,9 +556,14 @@ def _finish(
         "itk_threads": os.environ.get("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"),
         "total_seconds": round(sum(r["seconds"] for r in results), 2),
     }
-    tmp = root / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, root / MANIFEST)  # last write: the directory is complete
+    fs, path = filesystem(root, options)
+    for relative, local in files.items():
+        if is_remote(root):
+            fs.put_file(local, f"{path}/{relative}")
+        else:
+            os.makedirs(os.path.join(root, os.path.dirname(relative)), exist_ok=True)
+            shutil.copyfile(local, os.path.join(root, relative))
+    write_bytes(join(root, MANIFEST), json.dumps(manifest, indent=2).encode(), options)  # last write: the directory is complete
     return manifest
 
 
@@ -515,7 +573,7 @@ def _image_record(uri: str, layout: PyramidLayout, fingerprints: dict[str, str])
     where its level 0 is in LPS space (so that a warp can check it has the right pair)."""
     geometry = layout.geometry
     return {
-        "uri": uri,
+        "uri": redact_uri(uri),
         "orientation": geometry.orientation,
         "unit": geometry.unit,
         "shape": list(layout.levels[0].shape),

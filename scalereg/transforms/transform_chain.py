@@ -25,7 +25,9 @@ from typing import Any, Sequence, Union
 import numpy as np
 
 from scalereg.errors import InputError
-from scalereg.storage import exists, is_remote, join, normalize_uri, write_marker
+from scalereg.local_cache import local_copy
+from scalereg.storage import exists, is_remote, join, normalize_uri, read_bytes, write_marker
+from scalereg.storage_errors import storage_errors
 from scalereg.transforms.affine_transform import AffineTransform, read_ants_affine
 from scalereg.transforms.displacement_field import (
     NIFTI_SUFFIXES,
@@ -106,8 +108,9 @@ def load_transform_chain(
     items = [transforms] if isinstance(transforms, (str, os.PathLike)) else list(transforms)
     if not items:
         raise InputError("transform", "no transform given")
-    if is_transform_directory(items):
-        return _from_directory(str(items[0]), inverse, storage_options)
+    if is_transform_directory(items, storage_options):
+        with storage_errors(str(items[0])):
+            return _from_directory(normalize_uri(str(items[0])), inverse, storage_options)
     if inverse:
         raise InputError("--inverse", "applies to a scalereg transform directory; for ANTs files list the inverse transforms themselves")
     components: list[Component] = []
@@ -116,6 +119,11 @@ def load_transform_chain(
     for position, item in enumerate(items):
         path, invert = _parse_item(str(item))
         lowered = path.lower().rstrip("/")
+        if is_remote(path) and lowered.endswith((".mat", *NIFTI_SUFFIXES)):
+            # ANTs files are read from a local copy (this host's cache, keyed by the object's ETag)
+            with storage_errors(path):
+                remote, path = path, local_copy(path, storage_options)
+            description.append({"object": remote})
         if lowered.endswith(".mat"):
             components.append(read_ants_affine(path, invert))
             description.append({"affine": os.path.abspath(path), "invert": invert, "sha256": _file_hash(path)})
@@ -143,34 +151,41 @@ def load_transform_chain(
     return TransformChain(components, description, None, pending)
 
 
-def is_transform_directory(transforms: str | Sequence[str]) -> bool:
+def is_transform_directory(transforms: str | Sequence[str], storage_options: dict[str, Any] | None = None) -> bool:
     """Whether ``transforms`` names one scalereg transform directory (not ANTs files)."""
     items = [transforms] if isinstance(transforms, (str, os.PathLike)) else list(transforms)
-    return len(items) == 1 and os.path.isdir(str(items[0])) and not str(items[0]).rstrip("/").endswith(".zarr")
+    if len(items) != 1 or str(items[0]).rstrip("/").endswith(".zarr"):
+        return False
+    item = str(items[0])
+    if is_remote(item):  # a prefix, not a file: a directory if it holds a manifest (finished or not, it is refused below)
+        if item.lower().rstrip("/").endswith((".mat", *NIFTI_SUFFIXES)):
+            return False
+        with storage_errors(item):
+            return exists(join(item, MANIFEST), storage_options) or exists(join(item, "inputs_key"), storage_options)
+    return os.path.isdir(item)
 
 
 def _from_directory(directory: str, inverse: bool, storage_options: dict[str, Any] | None) -> TransformChain:
-    root = Path(directory)
-    manifest_path = root / MANIFEST
-    if not manifest_path.exists():
-        raise InputError(directory, "not a complete transform directory (no manifest.json: the registration did not finish)")
+    manifest_path = join(directory, MANIFEST)
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = json.loads(read_bytes(manifest_path, storage_options))
+    except FileNotFoundError:
+        raise InputError(directory, "not a complete transform directory (no manifest.json: the registration did not finish)") from None
     except json.JSONDecodeError as error:
-        raise InputError(str(manifest_path), f"unreadable manifest ({error})") from None
+        raise InputError(manifest_path, f"unreadable manifest ({error})") from None
     chains = (manifest.get("outputs") or {}).get("chains")
     if manifest.get("kind") != "scalereg-transform" or not chains:
         raise InputError(directory, "manifest.json is not a scalereg transform manifest (no 'outputs.chains')")
     components: list[Component] = []
     for entry in chains["inverse" if inverse else "forward"]:
-        path = str(root / entry["path"])
+        path = join(directory, entry["path"])
         if entry["kind"] == "affine":
-            components.append(read_ants_affine(path, entry.get("invert", False)))
+            components.append(read_ants_affine(local_copy(path, storage_options), entry.get("invert", False)))
         else:
-            if not os.path.isdir(path):
+            if not exists(join(path, "zarr.json"), storage_options) and not exists(join(path, ".zattrs"), storage_options):
                 raise InputError(path, "displacement field listed in the manifest is missing")
             components.append(read_vector_field(path, storage_options))
-    description = [{"directory": os.path.abspath(directory), "inputs_key": manifest.get("inputs_key"), "inverse": inverse}]
+    description = [{"directory": directory, "inputs_key": manifest.get("inputs_key"), "inverse": inverse}]
     return TransformChain(components, description, manifest)
 
 
@@ -184,8 +199,6 @@ def _parse_item(item: str) -> tuple[str, bool]:
         return path.strip(), flag.strip() == "1"
     if text.startswith("!"):
         return text[1:], True
-    if is_remote(text):
-        raise InputError(text, "transform files must be local files")
     return text, False
 
 
