@@ -23,6 +23,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed, Failed, State
 
+from flows.aws_credentials import environment, read_aws_credentials
 from flows.cluster import cluster_threads, dask_cluster, runner_for
 from flows.convert_volume import convert_volume_blocks
 from flows.register_volume import register_volume_steps
@@ -54,17 +55,22 @@ def register_brain(
     chunks: int = 128,
     overwrite: bool = False,
     cluster: str = "local",
+    aws_credentials_block: str | None = None,
 ) -> dict[str, Any] | State:
     """Register the brain ``moving`` to ``fixed`` and warp it onto the fixed grid at full
     resolution; outputs under ``out``.  Sources: NIfTI, TIFF, NRRD/MHA, Zarr or OME-Zarr
-    (local or s3://); spacing, unit and orientation override what a file says."""
+    (local or s3://); spacing, unit and orientation override what a file says.  S3
+    credentials come from the environment (boto3's chain) or, if named, a Prefect
+    AwsCredentials block."""
     logger = get_run_logger()
     try:
         out = output_uri(out)  # never a bucket's root
+        credentials = read_aws_credentials(aws_credentials_block)
     except InputError as error:
         return Failed(name=BAD_INPUT, message=str(error))
     stages: list[dict[str, Any]] = []
-    with dask_cluster(cluster) as address:
+    # the cluster starts inside: its workers inherit the block's credentials
+    with environment(credentials), dask_cluster(cluster) as address:
         runner = runner_for(address)
         tasks_per_level = 4 * cluster_threads(address)
         pyramids = {}
@@ -107,9 +113,9 @@ def register_brain(
         if state.is_failed():
             return Failed(name=state.name, message=state.message)
         stages.append({"stage": "warp", "state": _state_text(state.result()), "output": warped})
+        report = _report(fixed, moving, out, stages, registered)
+        write_bytes(join(out, "report.md"), report.encode())
 
-    report = _report(fixed, moving, out, stages, registered)
-    write_bytes(join(out, "report.md"), report.encode())
     create_markdown_artifact(markdown=report, key=artifact_key(Path(out).name, "pipeline-report"), description=f"register-brain: {redact_uri(moving)} to {redact_uri(fixed)}")
     for stage in stages:
         logger.info("%s: %s", stage["stage"], stage["state"])

@@ -5,6 +5,7 @@ credential anywhere in what the run leaves behind."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -17,6 +18,27 @@ from scalereg.omezarr import read_pyramid, validate_pyramid
 from scalereg.storage import resolve_options
 
 pytestmark = pytest.mark.integration
+
+
+def _save_aws_credentials_block(name: str, credentials: dict[str, str], endpoint: str) -> None:
+    """An AwsCredentials block as prefect-aws saves it (same slug and fields), without
+    needing that package installed."""
+    from typing import Any, Optional
+
+    from prefect.blocks.core import Block
+    from pydantic import SecretStr
+
+    class AwsCredentials(Block):
+        _block_type_slug = "aws-credentials"
+        aws_access_key_id: Optional[str] = None
+        aws_secret_access_key: Optional[SecretStr] = None
+        region_name: Optional[str] = None
+        aws_client_parameters: dict[str, Any] = {}
+
+    AwsCredentials(
+        aws_access_key_id=credentials["AccessKeyId"], aws_secret_access_key=SecretStr(credentials["SecretAccessKey"]),
+        region_name="us-east-1", aws_client_parameters={"endpoint_url": endpoint},
+    ).save(name, overwrite=True)  # fmt: skip
 
 
 def _prefect_records() -> list[str]:
@@ -48,19 +70,29 @@ def test_register_brain_in_a_bucket_equals_local_and_leaks_no_credential(prefect
     fs.put(str(moved), f"{bucket}/brain-src/moved.zarr", recursive=True)
     schedule = tmp_path / "schedule.json"
     schedule.write_text(json.dumps(QUICK_MOUSE_SCHEDULE))
+    # the run gets its credentials and endpoint from a Prefect block only: the flow and
+    # the Dask workers it starts must find them without any AWS_* in the environment
+    _save_aws_credentials_block("scalereg-test-bucket", server.writer, server.endpoint)
+    for name in server.env():
+        monkeypatch.delenv(name)
+    s3fs.S3FileSystem.clear_instance_cache()
     common = dict(
         fixed_spacing=list(mouse.spacing), fixed_orientation=mouse.orientation,
         moving_spacing=list(mouse.spacing), moving_orientation=mouse.orientation,
-        schedule=str(schedule), chunks=64,
+        schedule=str(schedule), chunks=64, aws_credentials_block="scalereg-test-bucket",
     )  # fmt: skip
 
     out = f"s3://{bucket}/brainrun"
     result = register_brain(fixed=f"s3://{bucket}/brain-src/mouse.tif", moving=f"s3://{bucket}/brain-src/moved.zarr", out=out, **common)
+    assert "AWS_SECRET_ACCESS_KEY" not in os.environ, "the block's credentials are set for the run only"
     local_out = tmp_path / "brainrun"
     local = register_brain(fixed=str(mouse.path), moving=str(moved), out=str(local_out), **common)
     assert {s["stage"]: s["state"] for s in result["stages"]} == {s["stage"]: s["state"] for s in local["stages"]}
 
     # the same pyramids, bit for bit, and the same registration
+    for name, value in server.env().items():
+        monkeypatch.setenv(name, value)  # for the checks below
+    s3fs.S3FileSystem.clear_instance_cache()
     options = resolve_options(out)
     for name in ("fixed.ome.zarr", "moving.ome.zarr", "warped.ome.zarr"):
         assert validate_pyramid(f"{out}/{name}") == [], name
@@ -79,6 +111,10 @@ def test_register_brain_in_a_bucket_equals_local_and_leaks_no_credential(prefect
         assert fs.exists(f"{bucket}/brainrun/transform/{relative}"), relative
     assert fs.cat_file(f"{bucket}/brainrun/transform/forward/affine.mat") == (local_out / "transform" / "forward" / "affine.mat").read_bytes()
     assert "warped.ome.zarr" in fs.cat_file(f"{bucket}/brainrun/report.md").decode()
+
+    # an unknown block is bad input, named
+    state = register_brain(fixed=f"s3://{bucket}/brain-src/mouse.tif", moving=f"s3://{bucket}/brain-src/moved.zarr", out=out, return_state=True, **{**common, "aws_credentials_block": "no-such-block"})
+    assert state.is_failed() and state.name == BAD_INPUT_STATE and "no-such-block" in state.message
 
     # run again: everything is recognised as done from what is in the bucket
     again = register_brain(fixed=f"s3://{bucket}/brain-src/mouse.tif", moving=f"s3://{bucket}/brain-src/moved.zarr", out=out, **common)
