@@ -6,6 +6,7 @@ import importlib
 import logging
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -13,7 +14,11 @@ import yaml
 from prefect.settings import PREFECT_API_URL
 from prefect_dask import DaskTaskRunner
 
+from scalereg.convert.plan_conversion import DEFAULT_MEMORY_BUDGET as DEFAULT_CONVERSION_BUDGET
 from scalereg.errors import InputError
+from scalereg.register.register_pyramids import DEFAULT_MEMORY_BUDGET as DEFAULT_REGISTRATION_BUDGET
+from scalereg.units import format_bytes, parse_bytes
+from scalereg.warp import DEFAULT_WARP_BUDGET
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "infra" / "clusters"
 WORKER_START_TIMEOUT = 300  # seconds for scaled workers (batch jobs) to connect
@@ -138,10 +143,63 @@ def runner_for(address: str) -> DaskTaskRunner:
     return DaskTaskRunner(address=address)
 
 
-def cluster_threads(address: str) -> int:
-    """Worker threads connected to the scheduler now (at least 1: an adaptive cluster
-    may not have started its workers yet)."""
+AUTO = "auto"  # a memory budget sized from the cluster's workers
+
+# stage -> (default budget without a memory limit, share of a task's worker memory for
+# "auto", whether "auto" stays at most the default).  The planners' estimates cover
+# arrays, not the interpreter and libraries, hence shares below one.  Conversion and
+# warp budgets set tile sizes; the registration budget decides which levels fit.
+STAGE_BUDGETS: dict[str, tuple[str, float, bool]] = {
+    "conversion": (DEFAULT_CONVERSION_BUDGET, 0.5, True),
+    "registration": (DEFAULT_REGISTRATION_BUDGET, 0.75, False),
+    "warp": (DEFAULT_WARP_BUDGET, 0.5, True),
+}
+
+
+@dataclass(frozen=True)
+class ClusterCapacity:
+    """What the connected workers offer a task: the flows size batches and memory
+    budgets from it."""
+
+    threads: int
+    memory_per_task: int | None  # the smallest worker's memory_limit / threads; None: no limit
+
+    def memory_budget(self, requested: str | None, stage: str) -> str:
+        """The budget ``stage``'s planner gets (see `STAGE_BUDGETS`): ``requested``
+        checked against the workers, or for ``"auto"`` (or None) the stage's share of a
+        task's part of worker memory (capped at the stage's default where the budget
+        only sets a tile size: larger tiles gain little).
+
+        A budget over a task's part of a worker is refused: the planner would size
+        tasks that the worker's nanny kills (or that swap) instead of refusing cleanly.
+        """
+        default, share, capped = STAGE_BUDGETS[stage]
+        if requested in (None, "", AUTO):
+            if self.memory_per_task is None:
+                return default
+            budget = int(share * self.memory_per_task)
+            if capped:
+                budget = min(budget, parse_bytes(default))
+            return format_bytes(budget).replace(" ", "")
+        what = f"{stage} memory budget"
+        size = parse_bytes(requested, what)
+        if self.memory_per_task is not None and size > self.memory_per_task:
+            raise InputError(
+                what,
+                f"{requested} is more than a task gets on this cluster's workers ({format_bytes(self.memory_per_task)}: "
+                f"memory limit / threads of the smallest worker); lower it, or use 'auto'",
+            )
+        return requested
+
+
+def cluster_capacity(address: str) -> ClusterCapacity:
+    """Threads and per-task memory of the workers connected to the scheduler now (at
+    least one thread: an adaptive cluster may not have started its workers yet)."""
     from distributed import Client
 
     with Client(address, timeout=30) as client:
-        return max(1, sum(client.nthreads().values()))
+        workers = client.scheduler_info(n_workers=-1).get("workers", {}).values()
+    threads = sum(w.get("nthreads", 1) for w in workers)
+    shares = [w["memory_limit"] // max(1, w.get("nthreads", 1)) for w in workers if w.get("memory_limit")]
+    unlimited = any(not w.get("memory_limit") for w in workers)
+    return ClusterCapacity(threads=max(1, threads), memory_per_task=None if unlimited or not shares else min(shares))

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from prefect import flow
 from prefect.states import Completed, Failed, State
 
-from flows.cluster import cluster_threads, dask_cluster, runner_for
+from flows.cluster import AUTO, cluster_capacity, dask_cluster, runner_for
 from flows.write_levels import write_pyramid
 from scalereg.convert import plan_conversion
 from scalereg.convert.plan_conversion import DEFAULT_MEMORY_BUDGET
@@ -35,7 +35,7 @@ def convert_volume(
     chunks: int = 128,
     shards: int | None = None,
     labels: bool = False,
-    memory_budget: str = DEFAULT_MEMORY_BUDGET,
+    memory_budget: str = AUTO,
     overwrite: bool = False,
     cluster: str = "local",
 ) -> dict[str, Any] | State:
@@ -43,9 +43,14 @@ def convert_volume(
     ``cluster`` ("local", a profile name in infra/clusters, a YAML file, or the
     tcp:// address of a running scheduler, which is used and left running)."""
     with dask_cluster(cluster) as address:
+        capacity = cluster_capacity(address)
+        try:
+            memory_budget = capacity.memory_budget(memory_budget, "conversion")
+        except InputError as error:
+            return Failed(name=BAD_INPUT, message=str(error))
         blocks_flow = convert_volume_blocks.with_options(task_runner=runner_for(address))
         state = blocks_flow(
-            tasks_per_level=4 * cluster_threads(address),
+            tasks_per_level=4 * capacity.threads,
             source=source,
             output=output,
             spacing=spacing,

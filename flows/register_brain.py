@@ -24,15 +24,13 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed, Failed, State
 
 from flows.aws_credentials import environment, read_aws_credentials
-from flows.cluster import cluster_threads, dask_cluster, runner_for
+from flows.cluster import AUTO, cluster_capacity, dask_cluster, runner_for
 from flows.convert_volume import convert_volume_blocks
 from flows.register_volume import register_volume_steps
 from flows.warp_volume import warp_volume_tiles
 from scalereg.errors import InputError
 from scalereg.omezarr import read_pyramid
-from scalereg.register.register_pyramids import DEFAULT_MEMORY_BUDGET
 from scalereg.storage import join, normalize_uri, output_uri, redact_uri, write_bytes
-from scalereg.warp import DEFAULT_WARP_BUDGET
 from tasks.artifacts import artifact_key
 from tasks.failures import BAD_INPUT
 
@@ -49,9 +47,9 @@ def register_brain(
     moving_unit: str | None = None,
     moving_orientation: str | None = None,
     schedule: str = "mouse",
-    registration_memory_budget: str = DEFAULT_MEMORY_BUDGET,
+    registration_memory_budget: str = AUTO,
     interpolation: Literal["linear", "bspline", "nearest", "label"] = "linear",
-    warp_memory_budget: str = DEFAULT_WARP_BUDGET,
+    warp_memory_budget: str = AUTO,
     chunks: int = 128,
     overwrite: bool = False,
     cluster: str = "local",
@@ -72,7 +70,16 @@ def register_brain(
     # the cluster starts inside: its workers inherit the block's credentials
     with environment(credentials), dask_cluster(cluster) as address:
         runner = runner_for(address)
-        tasks_per_level = 4 * cluster_threads(address)
+        capacity = cluster_capacity(address)
+        tasks_per_level = 4 * capacity.threads
+        try:
+            budgets = {
+                "conversion": capacity.memory_budget(AUTO, "conversion"),
+                "registration": capacity.memory_budget(registration_memory_budget, "registration"),
+                "warp": capacity.memory_budget(warp_memory_budget, "warp"),
+            }
+        except InputError as error:
+            return Failed(name=BAD_INPUT, message=str(error))
         pyramids = {}
         for role, source, spacing, unit, orientation in (
             ("fixed", fixed, fixed_spacing, fixed_unit, fixed_orientation),
@@ -85,7 +92,7 @@ def register_brain(
             output = join(out, f"{role}.ome.zarr")
             state = convert_volume_blocks.with_options(task_runner=runner, name=f"convert-{role}")(
                 source=source, output=output, spacing=spacing, unit=unit, orientation=orientation,
-                chunks=chunks, overwrite=overwrite, tasks_per_level=tasks_per_level, return_state=True,
+                chunks=chunks, memory_budget=budgets["conversion"], overwrite=overwrite, tasks_per_level=tasks_per_level, return_state=True,
             )  # fmt: skip
             if state.is_failed():
                 return Failed(name=state.name, message=state.message)
@@ -96,7 +103,7 @@ def register_brain(
         transform = join(out, "transform")
         state = register_volume_steps.with_options(task_runner=runner)(
             fixed=pyramids["fixed"], moving=pyramids["moving"], out=transform, schedule=schedule,
-            memory_budget=registration_memory_budget, overwrite=overwrite, return_state=True,
+            memory_budget=budgets["registration"], overwrite=overwrite, return_state=True,
         )  # fmt: skip
         if state.is_failed():
             return Failed(name=state.name, message=state.message)
@@ -107,7 +114,7 @@ def register_brain(
         warped = join(out, "warped.ome.zarr")
         state = warp_volume_tiles.with_options(task_runner=runner)(
             transform=[transform], moving=pyramids["moving"], reference=pyramids["fixed"], output=warped,
-            interpolation=interpolation, memory_budget=warp_memory_budget, overwrite=overwrite,
+            interpolation=interpolation, memory_budget=budgets["warp"], overwrite=overwrite,
             tasks_per_level=tasks_per_level, return_state=True,
         )  # fmt: skip
         if state.is_failed():

@@ -19,7 +19,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, Failed, State
 
-from flows.cluster import dask_cluster, runner_for
+from flows.cluster import AUTO, cluster_capacity, dask_cluster, runner_for
 from scalereg.errors import InputError
 from scalereg.register.register_pyramids import DEFAULT_MEMORY_BUDGET, RegistrationRun
 from scalereg.storage import join
@@ -34,7 +34,7 @@ def register_volume(
     moving: str,
     out: str,
     schedule: str = "mouse",
-    memory_budget: str = DEFAULT_MEMORY_BUDGET,
+    memory_budget: str = AUTO,
     fixed_mask: str | None = None,
     moving_mask: str | None = None,
     normalize: bool = False,
@@ -44,6 +44,10 @@ def register_volume(
     """Register ``moving`` to ``fixed`` (OME-Zarr pyramids) with the schedule ``schedule``
     (mouse, human, or a YAML/JSON file) on the Dask cluster ``cluster``."""
     with dask_cluster(cluster) as address:
+        try:
+            memory_budget = cluster_capacity(address).memory_budget(memory_budget, "registration")
+        except InputError as error:
+            return Failed(name=BAD_INPUT, message=str(error))
         steps_flow = register_volume_steps.with_options(task_runner=runner_for(address))
         state = steps_flow(
             fixed=fixed, moving=moving, out=out, schedule=schedule, memory_budget=memory_budget,

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 from prefect.states import Completed, Failed, State
 
-from flows.cluster import cluster_threads, dask_cluster, runner_for
+from flows.cluster import AUTO, cluster_capacity, dask_cluster, runner_for
 from flows.write_levels import write_pyramid
 from scalereg.errors import InputError
 from scalereg.storage import redact_uri
@@ -37,7 +37,7 @@ def warp_volume(
     interpolation: Interpolation = "linear",
     inverse: bool = False,
     output_dtype: str | None = None,
-    memory_budget: str = DEFAULT_WARP_BUDGET,
+    memory_budget: str = AUTO,
     overwrite: bool = False,
     cluster: str = "local",
 ) -> dict[str, Any] | State:
@@ -45,6 +45,11 @@ def warp_volume(
     ``transform`` (a scalereg transform directory, or ANTs files in
     ``ants.apply_transforms`` order) on the Dask cluster ``cluster``."""
     with dask_cluster(cluster) as address:
+        capacity = cluster_capacity(address)
+        try:
+            memory_budget = capacity.memory_budget(memory_budget, "warp")
+        except InputError as error:
+            return Failed(name=BAD_INPUT, message=str(error))
         tiles_flow = warp_volume_tiles.with_options(task_runner=runner_for(address))
         state = tiles_flow(
             transform=transform,
@@ -58,7 +63,7 @@ def warp_volume(
             output_dtype=output_dtype,
             memory_budget=memory_budget,
             overwrite=overwrite,
-            tasks_per_level=4 * cluster_threads(address),
+            tasks_per_level=4 * capacity.threads,
             return_state=True,
         )
     if state.is_failed():

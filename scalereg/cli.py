@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="linear (default), bspline, nearest, or label (ANTs' genericLabel: label values preserved)")
     warp.add_argument("--inverse", action="store_true", help="use the transform directory's inverse: fixed-space images onto the moving grid")
     warp.add_argument("--output-dtype", default=None, help="output type (default: the moving image's); values are rounded and clipped")
-    warp.add_argument("--memory-budget", default=None, help="memory per task (default 768MiB; sets the tile size)")
+    warp.add_argument("--memory-budget", default=None, help="memory per task (sets the tile size; default: from the workers' memory, at most 768MiB)")
     warp.add_argument("--overwrite", action="store_true", help="replace an existing output")
     warp.add_argument("--cluster", default="local", help="local, a profile in infra/clusters, a YAML file or tcp://host:port")
     warp.add_argument("--dry-run", action="store_true", help="print the plan (tiles, memory per task) and stop")
@@ -101,8 +101,8 @@ def _parser() -> argparse.ArgumentParser:
         run.add_argument(f"--{role}-unit", default=None, help=f"space unit of --{role}-spacing")
         run.add_argument(f"--{role}-orientation", default=None, help=f"3-letter orientation code of the {role} volume (e.g. asr)")
     run.add_argument("--schedule", default="mouse", help="mouse (default), human, or a YAML/JSON schedule file")
-    run.add_argument("--memory-budget", default="8GiB", help="memory for one registration step (default 8GiB)")
-    run.add_argument("--warp-memory-budget", default=None, help="memory per warp task (default 768MiB)")
+    run.add_argument("--memory-budget", default="auto", help="memory for one registration step (default auto: 3/4 of a worker's memory per thread)")
+    run.add_argument("--warp-memory-budget", default="auto", help="memory per warp task (default auto: half a worker's memory per thread, at most 768MiB)")
     run.add_argument("--interpolation", choices=["linear", "bspline", "nearest", "label"], default="linear")
     run.add_argument("--chunks", type=int, default=128, help="chunk edge of the pyramids written (default 128)")
     run.add_argument("--overwrite", action="store_true", help="replace outputs written for other inputs")
@@ -138,7 +138,7 @@ def _add_conversion_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunks", type=int, default=128, help="chunk edge length in voxels (default 128)")
     parser.add_argument("--shards", type=int, default=None, help="shard edge length (NGFF 0.5 only; multiple of --chunks)")
     parser.add_argument("--labels", action="store_true", help="label image: mode downsampling, labels preserved")
-    parser.add_argument("--memory-budget", default=None, help="memory per task, e.g. 256MiB (sets the block size)")
+    parser.add_argument("--memory-budget", default=None, help="memory per task, e.g. 256MiB (sets the block size; default: from the workers' memory, at most 256MiB)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.add_argument("--cluster", default="local", help="local, a profile in infra/clusters, a YAML file or tcp://host:port")
 
@@ -170,6 +170,8 @@ def _convert(args: argparse.Namespace) -> int:
         print(f"{plan.output}: an earlier run of this conversion exists ({state}); it will be {'left as is' if state == 'complete' else 'resumed'}")
     if args.dry_run:
         return 0
+    # The flow sizes tasks from its workers' memory unless a budget was given.
+    options["memory_budget"] = args.memory_budget or "auto"
     return _run_convert_flow(args.input, args.output, options, overwrite=args.overwrite, cluster=args.cluster)
 
 
@@ -257,6 +259,7 @@ def _warp(args: argparse.Namespace) -> int:
     _quiet_prefect()
     from flows.warp_volume import warp_volume
 
+    options["memory_budget"] = args.memory_budget or "auto"  # the flow sizes tiles from its workers' memory
     flow_state = warp_volume(**options, overwrite=args.overwrite, cluster=args.cluster, return_state=True)
     if flow_state.is_failed():
         print(f"scalereg: error: {flow_state.message}", file=sys.stderr)
@@ -312,8 +315,6 @@ def _transform_points(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from scalereg.warp import DEFAULT_WARP_BUDGET
-
     _quiet_prefect()
     from flows.register_brain import register_brain
 
@@ -324,7 +325,7 @@ def _run(args: argparse.Namespace) -> int:
         moving_spacing=list(args.moving_spacing) if args.moving_spacing else None, moving_unit=args.moving_unit,
         moving_orientation=args.moving_orientation,
         schedule=args.schedule, registration_memory_budget=args.memory_budget,
-        warp_memory_budget=args.warp_memory_budget or DEFAULT_WARP_BUDGET, interpolation=args.interpolation,
+        warp_memory_budget=args.warp_memory_budget, interpolation=args.interpolation,
         chunks=args.chunks, overwrite=args.overwrite, cluster=args.cluster, return_state=True,
     )  # fmt: skip
     code = _print_stages(state)

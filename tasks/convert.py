@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from scalereg.blocks import Block
 from scalereg.convert import ConversionPlan
 from scalereg.convert.run_block import run_blocks
+from tasks.deadline import block_deadline, deadline
 from tasks.failures import fail_on_input_error, retry_transient
 
 
@@ -25,7 +26,9 @@ from tasks.failures import fail_on_input_error, retry_transient
 def convert_blocks(plan: ConversionPlan, level: int, blocks: list[Block], block_label: str = "") -> list[dict[str, Any]]:
     """Write a batch of blocks of one level (copy from the source, or downsample the
     level below); each block has its own completion marker, so a retry or a re-run
-    redoes only the blocks that did not finish."""
-    return run_blocks(plan, level, blocks)
+    redoes only the blocks that did not finish.  A batch that hangs (stuck storage) is
+    stopped at its deadline and retried."""
+    with deadline(block_deadline(len(blocks)), f"level {level} blocks {block_label or len(blocks)}"):
+        return run_blocks(plan, level, blocks)
 
 
