@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import shutil
+import socket
 from pathlib import Path
 from typing import Any, Callable
 
@@ -311,6 +312,7 @@ def _run_step(
         "peak_rss": measured.peak_rss,
         "peak_rss_added": measured.added_rss,
         "estimated_bytes": planned.estimated_bytes,
+        "ran_on": _where_this_runs(),
     }
     if not accepted:
         result["note"] = (
@@ -583,3 +585,8 @@ def _image_record(uri: str, layout: PyramidLayout, fingerprints: dict[str, str])
         "fingerprints": fingerprints,
     }
 
+
+def _where_this_runs() -> dict[str, Any]:
+    """Host, process and batch job (SLURM) of this step: provenance for the step record."""
+    job = os.environ.get("SLURM_JOB_ID")
+    return {"host": socket.gethostname(), "pid": os.getpid(), **({"slurm_job": job} if job else {})}
