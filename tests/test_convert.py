@@ -271,6 +271,10 @@ def test_interrupted_conversion_resumes_and_matches_an_uninterrupted_one(tmp_pat
     assert zarr.open_group(str(out), mode="r").attrs[STATUS_KEY]["status"] == "complete"
     assert _chunk_digests(out) == _chunk_digests(reference)
     assert not (out / ".scalereg-progress").exists()
+    # the resumed run knows the skipped blocks' chunk digests (from their markers)
+    manifests = [zarr.open_group(str(o), mode="r").attrs[STATUS_KEY]["manifest"] for o in (out, reference)]
+    assert [level["checksum"] for level in manifests[0]["levels"]] == [level["checksum"] for level in manifests[1]["levels"]]
+    assert all(level["checksum"] for level in manifests[0]["levels"])
 
     again = run_conversion(plan_conversion(str(raw), str(out), **options))
     assert again["state"] == "complete" and again["levels"] == []

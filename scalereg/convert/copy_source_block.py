@@ -10,14 +10,15 @@ import zarr
 from scalereg.blocks import Block, block_slices
 from scalereg.errors import InputError
 from scalereg.io import Source
+from scalereg.omezarr.level_checksums import write_and_hash
 from scalereg.pyramid.downsample_block import downsample_region, footprint, input_halo
 
 
 def copy_source_block(source: Source, target: zarr.Array, block: Block) -> dict[str, Any]:
     """Read ``block`` from ``source`` and write it to ``target`` (same index space)."""
     data, stats = read_checked(source, block_slices(block))
-    target[block_slices(block)] = data.astype(target.dtype, copy=False)
-    return {"voxels_read": int(data.size), "voxels_written": int(data.size), **stats}
+    digests = write_and_hash(target, block, data.astype(target.dtype, copy=False))
+    return {"voxels_read": int(data.size), "voxels_written": int(data.size), "digests": [digests], **stats}
 
 
 def copy_and_downsample_block(
@@ -34,9 +35,11 @@ def copy_and_downsample_block(
     read, pad = footprint(out_block, factors, input_halo(method, factors), source.shape)  # type: ignore[arg-type]
     region, stats = read_checked(source, read)
     inner = tuple(slice(a - r.start, b - r.start) for (a, b), r in zip(block, read))
-    level0[block_slices(block)] = region[inner].astype(level0.dtype, copy=False)
-    level1[block_slices(out_block)] = downsample_region(region.astype(level0.dtype, copy=False), pad, factors, method, level1.dtype)  # type: ignore[arg-type]
-    return {"voxels_read": int(region.size), "voxels_written": int(region[inner].size), **stats}
+    digests = [
+        write_and_hash(level0, block, region[inner].astype(level0.dtype, copy=False)),
+        write_and_hash(level1, out_block, downsample_region(region.astype(level0.dtype, copy=False), pad, factors, method, level1.dtype)),  # type: ignore[arg-type]
+    ]
+    return {"voxels_read": int(region.size), "voxels_written": int(region[inner].size), "digests": digests, **stats}
 
 
 def read_checked(source: Source, region: tuple[slice, ...]) -> tuple[np.ndarray, dict[str, Any]]:

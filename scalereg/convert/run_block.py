@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -9,7 +10,7 @@ from scalereg.blocks import Block, block_name
 from scalereg.convert.copy_source_block import copy_and_downsample_block, copy_source_block
 from scalereg.convert.plan_conversion import ConversionPlan
 from scalereg.pyramid.downsample_block import downsample_block
-from scalereg.storage import exists, join, open_array, write_marker
+from scalereg.storage import exists, filesystem, join, open_array, write_marker
 from scalereg.storage_errors import translating
 
 PROGRESS_DIR = ".scalereg-progress"
@@ -43,7 +44,7 @@ def run_block(plan: ConversionPlan, level: int, block: Block) -> dict[str, Any]:
     marker = marker_uri(plan.output, level, block)
     options = plan.storage_options
     if exists(marker, options):
-        return {"level": level, "block": block, "skipped": True, "seconds": 0.0}
+        return {"level": level, "block": block, "skipped": True, "seconds": 0.0, "digests": _recorded_digests(marker, options)}
     start = time.perf_counter()
     target = _writable(plan, level)
     kind = plan.levels[level].kind
@@ -55,5 +56,17 @@ def run_block(plan: ConversionPlan, level: int, block: Block) -> dict[str, Any]:
     else:
         source = open_array(join(plan.output, plan.layout.levels[level - 1].path), storage_options=options)
         stats = downsample_block(source, target, block, plan.layout.levels[level].factors, plan.method)
-    write_marker(marker, storage_options=options)
-    return {"level": level, "block": block, "skipped": False, "seconds": time.perf_counter() - start, **stats}
+    # the chunk digests, per level written, go into the marker: a resumed run that
+    # skips this block still knows them for the levels' checksums
+    digests = {str(level + offset): chunk_digests for offset, chunk_digests in enumerate(stats.pop("digests", []))}
+    write_marker(marker, json.dumps({"digests": digests}), storage_options=options)
+    return {"level": level, "block": block, "skipped": False, "seconds": time.perf_counter() - start, "digests": digests, **stats}
+
+
+def _recorded_digests(marker: str, options: dict[str, Any] | None) -> dict[str, dict[str, str]]:
+    """The chunk digests a block's marker recorded (none for markers without them)."""
+    fs, path = filesystem(marker, options)
+    try:
+        return json.loads(fs.cat_file(path) or b"{}").get("digests", {})
+    except ValueError:
+        return {}

@@ -63,8 +63,10 @@ def mark_level_complete(uri: str, level: int, storage_options: dict[str, Any] | 
     """Record that every block of ``level`` is written (called by the single coordinating process)."""
     group = open_group(uri, mode="r+", storage_options=storage_options)
     status = dict(group.attrs[STATUS_KEY])
-    done = [entry for entry in status.get("levels_complete", []) if entry.get("level") != level]
-    done.append({"level": level, **(record or {})})
+    entries = status.get("levels_complete", [])
+    earlier = next((entry for entry in entries if entry.get("level") == level), {})
+    done = [entry for entry in entries if entry.get("level") != level]
+    done.append({**earlier, "level": level, **(record or {})})  # a record adds to what the level has
     status["levels_complete"] = sorted(done, key=lambda entry: entry["level"])
     group.attrs[STATUS_KEY] = status
 

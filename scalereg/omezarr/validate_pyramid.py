@@ -11,15 +11,17 @@ from pydantic import ValidationError
 from scalereg.errors import InputError
 from scalereg.omezarr.pyramid_layout import level_translation
 from scalereg.omezarr.read_pyramid import read_pyramid
-from scalereg.storage import open_group
+from scalereg.omezarr.level_checksums import compute_level_checksum
+from scalereg.storage import join, open_array, open_group
 
 
-def validate_pyramid(uri: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+def validate_pyramid(uri: str, storage_options: dict[str, Any] | None = None, checksums: bool = True) -> list[str]:
     """Problems found in the image at ``uri`` (empty when it is valid and complete).
 
     Checks: the metadata validates with ome-zarr-models; every level's shape and
     translation follow from level 0 (voxel centres consistent across levels); a
-    scalereg-written image is marked complete.
+    scalereg-written image is marked complete; and, with ``checksums``, every level's
+    data still has the checksum its manifest recorded (this reads every chunk).
     """
     problems: list[str] = []
     try:
@@ -49,4 +51,14 @@ def validate_pyramid(uri: str, storage_options: dict[str, Any] | None = None) ->
     status = layout.attributes.get("status") or {}
     if status and status.get("status") != "complete":
         problems.append("marked incomplete: the run that wrote it did not finish (re-run it to resume)")
+    manifest = status.get("manifest") or {}
+    if checksums:
+        for entry in manifest.get("levels", []):
+            if not entry.get("checksum"):
+                continue
+            array = open_array(join(uri, entry["path"]), storage_options=storage_options)
+            if list(array.shape) != entry["shape"]:
+                problems.append(f"level {entry['path']}: shape {list(array.shape)}, the manifest says {entry['shape']}")
+            elif compute_level_checksum(array) != entry["checksum"]:
+                problems.append(f"level {entry['path']}: data differ from the checksum in the manifest (changed or corrupted since it was written)")
     return problems

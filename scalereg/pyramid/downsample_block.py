@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 import zarr
 
-from scalereg.blocks import Block, block_slices
+from scalereg.blocks import Block
+from scalereg.omezarr.level_checksums import write_and_hash
 from scalereg.pyramid.methods import METHODS, gaussian_halo
 
 
@@ -63,5 +64,5 @@ def downsample_block(source: zarr.Array, target: zarr.Array, block: Block, facto
     """
     read, pad = footprint(block, factors, input_halo(method, factors), source.shape)
     region = source[read]
-    target[block_slices(block)] = downsample_region(region, pad, factors, method, target.dtype)
-    return {"voxels_read": int(region.size), "voxels_written": int(math.prod(b - a for a, b in block))}
+    digests = write_and_hash(target, block, downsample_region(region, pad, factors, method, target.dtype))
+    return {"voxels_read": int(region.size), "voxels_written": int(math.prod(b - a for a, b in block)), "digests": [digests]}
