@@ -9,12 +9,15 @@ Run as a script:  python -m flows.convert_volume SOURCE OUTPUT.ome.zarr --spacin
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from prefect import flow
+from pydantic import Field
 from prefect.states import Completed, Failed, State
 
 from flows.cluster import AUTO, cluster_capacity, dask_cluster, runner_for
+from flows.outputs import checked_output
+from flows.parameters import Chunks, Cluster, MemoryBudget, Orientation, Output, Spacing, Unit
 from flows.write_levels import write_pyramid
 from scalereg.convert import plan_conversion
 from scalereg.convert.plan_conversion import DEFAULT_MEMORY_BUDGET
@@ -26,22 +29,43 @@ from tasks.failures import BAD_INPUT
 
 @flow(name="convert-volume", log_prints=True)
 def convert_volume(
-    source: str,
-    output: str,
-    spacing: list[float] | None = None,
-    unit: str | None = None,
-    orientation: str | None = None,
+    source: Annotated[str, Field(min_length=1)],
+    output: Output,
+    spacing: Spacing | None = None,
+    unit: Unit | None = None,
+    orientation: Orientation | None = None,
     ngff_version: Literal["0.4", "0.5"] = "0.5",
-    chunks: int = 128,
-    shards: int | None = None,
+    chunks: Chunks = 128,
+    shards: Annotated[int, Field(ge=8)] | None = None,
     labels: bool = False,
-    memory_budget: str = AUTO,
+    memory_budget: MemoryBudget = AUTO,
     overwrite: bool = False,
-    cluster: str = "local",
+    cluster: Cluster = "local",
 ) -> dict[str, Any] | State:
     """Convert ``source`` to an OME-Zarr pyramid at ``output`` on the Dask cluster
-    ``cluster`` ("local", a profile name in infra/clusters, a YAML file, or the
-    tcp:// address of a running scheduler, which is used and left running)."""
+    ``cluster`` (a running scheduler given by its tcp:// address is used and left running).
+
+    Args:
+        source: Local path or s3:// URI of a NIfTI, TIFF (file, directory or glob of slices),
+            NRRD/MHA, Zarr or OME-Zarr volume.
+        output: The OME-Zarr pyramid to write (e.g. brain.ome.zarr): a local path or s3:// URI;
+            runs from a deployment write only under the worker's SCALEREG_OUTPUT_ROOTS.
+        spacing: Voxel size per array axis (z, y, x), in `unit`; overrides the file's (a TIFF needs it).
+        unit: Unit of `spacing` (an NGFF space unit); overrides the file's.
+        orientation: 3-letter origin code per array axis (z, y, x), e.g. `asr`; overrides the file's.
+        ngff_version: OME-Zarr version: 0.4 (Zarr v2) or 0.5 (Zarr v3).
+        chunks: Chunk edge (voxels) of the pyramid.
+        shards: Shard edge (voxels; NGFF 0.5 only, a multiple of `chunks`).
+        labels: A label image: mode downsampling, label values preserved.
+        memory_budget: Memory per task (sets the block size): `auto` or a size such as `256MiB`.
+        overwrite: Replace an existing output.
+        cluster: Dask cluster: `local`, `slurm` or another profile in infra/clusters, a cluster
+            YAML file, or tcp://host:port of a running scheduler.
+    """
+    try:
+        output = checked_output(output)
+    except InputError as error:
+        return Failed(name=BAD_INPUT, message=str(error))
     with dask_cluster(cluster) as address:
         capacity = cluster_capacity(address)
         try:

@@ -11,13 +11,13 @@ final report with links to every output.  A re-run with the same inputs resumes:
 finished pyramids, registration steps and warp tiles are skipped (by their completion
 records and fingerprints), and the report says what was skipped.
 
-Run as a script:  python -m flows.register_brain --fixed F --moving M --out DIR
+Run from the command line:  scalereg run --fixed F --moving M --out DIR
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
@@ -26,43 +26,52 @@ from prefect.states import Completed, Failed, State
 from flows.aws_credentials import environment, read_aws_credentials
 from flows.cluster import AUTO, cluster_capacity, dask_cluster, runner_for
 from flows.convert_volume import convert_volume_blocks
+from flows.outputs import checked_output
+from flows.parameters import Chunks, Cluster, ImageSource, Output, RegistrationOptions, WarpOptions
 from flows.register_volume import register_volume_steps
 from flows.warp_volume import warp_volume_tiles
 from scalereg.errors import InputError
 from scalereg.omezarr import read_pyramid
-from scalereg.storage import join, normalize_uri, output_uri, redact_uri, write_bytes
+from scalereg.storage import join, normalize_uri, redact_uri, write_bytes
 from tasks.artifacts import artifact_key
 from tasks.failures import BAD_INPUT
 
 
 @flow(name="register-brain", log_prints=True)
 def register_brain(
-    fixed: str,
-    moving: str,
-    out: str,
-    fixed_spacing: list[float] | None = None,
-    fixed_unit: str | None = None,
-    fixed_orientation: str | None = None,
-    moving_spacing: list[float] | None = None,
-    moving_unit: str | None = None,
-    moving_orientation: str | None = None,
-    schedule: str = "mouse",
-    registration_memory_budget: str = AUTO,
-    interpolation: Literal["linear", "bspline", "nearest", "label"] = "linear",
-    warp_memory_budget: str = AUTO,
-    chunks: int = 128,
+    fixed: ImageSource,
+    moving: ImageSource,
+    out: Output,
+    registration: RegistrationOptions = RegistrationOptions(),
+    warp: WarpOptions = WarpOptions(),
+    chunks: Chunks = 128,
     overwrite: bool = False,
-    cluster: str = "local",
+    cluster: Cluster = "local",
     aws_credentials_block: str | None = None,
 ) -> dict[str, Any] | State:
     """Register the brain ``moving`` to ``fixed`` and warp it onto the fixed grid at full
-    resolution; outputs under ``out``.  Sources: NIfTI, TIFF, NRRD/MHA, Zarr or OME-Zarr
-    (local or s3://); spacing, unit and orientation override what a file says.  S3
-    credentials come from the environment (boto3's chain) or, if named, a Prefect
-    AwsCredentials block."""
+    resolution; outputs under ``out``.  S3 credentials come from the environment
+    (boto3's chain) or, if named, a Prefect AwsCredentials block.  From Python, an image
+    may be given as a plain path and the option models as dicts.
+
+    Args:
+        fixed: The reference volume (an atlas or template) and its geometry.
+        moving: The volume to register (the sample) and its geometry.
+        out: Output directory: fixed.ome.zarr, moving.ome.zarr, transform/, warped.ome.zarr, report.md.
+            A local path or s3:// URI; runs from a deployment write only under the worker's
+            SCALEREG_OUTPUT_ROOTS (a relative path is taken under the first local root).
+        registration: Registration schedule and memory budget.
+        warp: Interpolation and memory budget of the full-resolution warp.
+        chunks: Chunk edge (voxels) of the OME-Zarr pyramids written.
+        overwrite: Replace outputs that were written for other inputs.
+        cluster: Dask cluster: `local`, `slurm` or another profile in infra/clusters, a cluster
+            YAML file, or tcp://host:port of a running scheduler.
+        aws_credentials_block: Name of a Prefect AwsCredentials block for S3 (default: the
+            worker's environment).
+    """
     logger = get_run_logger()
     try:
-        out = output_uri(out)  # never a bucket's root
+        out = checked_output(out)  # under the output roots, never a bucket's root
         credentials = read_aws_credentials(aws_credentials_block)
     except InputError as error:
         return Failed(name=BAD_INPUT, message=str(error))
@@ -75,24 +84,20 @@ def register_brain(
         try:
             budgets = {
                 "conversion": capacity.memory_budget(AUTO, "conversion"),
-                "registration": capacity.memory_budget(registration_memory_budget, "registration"),
-                "warp": capacity.memory_budget(warp_memory_budget, "warp"),
+                "registration": capacity.memory_budget(registration.memory_budget, "registration"),
+                "warp": capacity.memory_budget(warp.memory_budget, "warp"),
             }
         except InputError as error:
             return Failed(name=BAD_INPUT, message=str(error))
         pyramids = {}
-        for role, source, spacing, unit, orientation in (
-            ("fixed", fixed, fixed_spacing, fixed_unit, fixed_orientation),
-            ("moving", moving, moving_spacing, moving_unit, moving_orientation),
-        ):
-            if _usable_pyramid(source) and spacing is None and unit is None and orientation is None:
-                pyramids[role] = normalize_uri(source)
+        for role, image in (("fixed", fixed), ("moving", moving)):
+            if _usable_pyramid(image.uri) and not image.overrides_anything():
+                pyramids[role] = normalize_uri(image.uri)
                 stages.append({"stage": f"convert {role}", "state": "skipped: already an OME-Zarr pyramid", "output": pyramids[role]})
                 continue
             output = join(out, f"{role}.ome.zarr")
             state = convert_volume_blocks.with_options(task_runner=runner, name=f"convert-{role}")(
-                source=source, output=output, spacing=spacing, unit=unit, orientation=orientation,
-                chunks=chunks, memory_budget=budgets["conversion"], overwrite=overwrite, tasks_per_level=tasks_per_level, return_state=True,
+                source=image.uri, output=output, **image.overrides(), chunks=chunks, memory_budget=budgets["conversion"], overwrite=overwrite, tasks_per_level=tasks_per_level, return_state=True,
             )  # fmt: skip
             if state.is_failed():
                 return Failed(name=state.name, message=state.message)
@@ -102,7 +107,7 @@ def register_brain(
 
         transform = join(out, "transform")
         state = register_volume_steps.with_options(task_runner=runner)(
-            fixed=pyramids["fixed"], moving=pyramids["moving"], out=transform, schedule=schedule,
+            fixed=pyramids["fixed"], moving=pyramids["moving"], out=transform, schedule=registration.schedule,
             memory_budget=budgets["registration"], overwrite=overwrite, return_state=True,
         )  # fmt: skip
         if state.is_failed():
@@ -114,16 +119,16 @@ def register_brain(
         warped = join(out, "warped.ome.zarr")
         state = warp_volume_tiles.with_options(task_runner=runner)(
             transform=[transform], moving=pyramids["moving"], reference=pyramids["fixed"], output=warped,
-            interpolation=interpolation, memory_budget=budgets["warp"], overwrite=overwrite,
+            interpolation=warp.interpolation, memory_budget=budgets["warp"], overwrite=overwrite,
             tasks_per_level=tasks_per_level, return_state=True,
         )  # fmt: skip
         if state.is_failed():
             return Failed(name=state.name, message=state.message)
         stages.append({"stage": "warp", "state": _state_text(state.result()), "output": warped})
-        report = _report(fixed, moving, out, stages, registered)
+        report = _report(fixed.uri, moving.uri, out, stages, registered)
         write_bytes(join(out, "report.md"), report.encode())
 
-    create_markdown_artifact(markdown=report, key=artifact_key(Path(out).name, "pipeline-report"), description=f"register-brain: {redact_uri(moving)} to {redact_uri(fixed)}")
+    create_markdown_artifact(markdown=report, key=artifact_key(Path(out).name, "pipeline-report"), description=f"register-brain: {redact_uri(moving.uri)} to {redact_uri(fixed.uri)}")
     for stage in stages:
         logger.info("%s: %s", stage["stage"], stage["state"])
     return Completed(data={"out": out, "stages": stages, "report": join(out, "report.md")}, message=f"wrote {out}")

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import base64
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Annotated, Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, Failed, State
+from pydantic import Field
 
 from flows.cluster import AUTO, cluster_capacity, dask_cluster, runner_for
+from flows.outputs import checked_output
+from flows.parameters import Cluster, MemoryBudget, Output, Schedule
 from scalereg.errors import InputError
 from scalereg.register.register_pyramids import DEFAULT_MEMORY_BUDGET, RegistrationRun
 from scalereg.storage import join
@@ -30,19 +33,38 @@ from tasks.register import finish_registration, register_step
 
 @flow(name="register-volume", log_prints=True)
 def register_volume(
-    fixed: str,
-    moving: str,
-    out: str,
-    schedule: str = "mouse",
-    memory_budget: str = AUTO,
+    fixed: Annotated[str, Field(min_length=1)],
+    moving: Annotated[str, Field(min_length=1)],
+    out: Output,
+    schedule: Schedule = "mouse",
+    memory_budget: MemoryBudget = AUTO,
     fixed_mask: str | None = None,
     moving_mask: str | None = None,
     normalize: bool = False,
     overwrite: bool = False,
-    cluster: str = "local",
+    cluster: Cluster = "local",
 ) -> dict[str, Any] | State:
-    """Register ``moving`` to ``fixed`` (OME-Zarr pyramids) with the schedule ``schedule``
-    (mouse, human, or a YAML/JSON file) on the Dask cluster ``cluster``."""
+    """Register ``moving`` to ``fixed`` (OME-Zarr pyramids) coarse to fine with the
+    schedule ``schedule`` on the Dask cluster ``cluster``.
+
+    Args:
+        fixed: The fixed (reference) OME-Zarr pyramid: a local path or s3:// URI.
+        moving: The moving OME-Zarr pyramid.
+        out: The transform directory to write: a local path or s3:// URI; runs from a deployment
+            write only under the worker's SCALEREG_OUTPUT_ROOTS.
+        schedule: `mouse`, `human`, or the path of a YAML/JSON schedule file.
+        memory_budget: Memory for one registration step: `auto` or a size such as `8GiB`.
+        fixed_mask: OME-Zarr mask pyramid on the fixed image's grid.
+        moving_mask: OME-Zarr mask pyramid on the moving image's grid.
+        normalize: Clip intensities to the 0.5-99.5 percentiles and scale to [0, 1].
+        overwrite: Replace a transform directory written for other inputs.
+        cluster: Dask cluster: `local`, `slurm` or another profile in infra/clusters, a cluster
+            YAML file, or tcp://host:port of a running scheduler.
+    """
+    try:
+        out = checked_output(out)
+    except InputError as error:
+        return Failed(name=BAD_INPUT, message=str(error))
     with dask_cluster(cluster) as address:
         try:
             memory_budget = cluster_capacity(address).memory_budget(memory_budget, "registration")
@@ -125,7 +147,13 @@ def step_row(result: dict[str, Any]) -> dict[str, Any]:
         "seconds": result["seconds"],
         "peak_rss_gib": round(result["peak_rss"] / 2**30, 2),
         "reused": bool(result.get("reused")),
+        "ran_on": _ran_on(result.get("ran_on") or {}),
     }
+
+
+def _ran_on(where: dict[str, Any]) -> str:
+    """host (and SLURM job) of a step, as the table shows it."""
+    return where.get("host", "") + (f" (job {where['slurm_job']})" if where.get("slurm_job") else "")
 
 
 def publish_picture(name: str, result: dict[str, Any], picture: bytes | None, path: str) -> None:

@@ -10,12 +10,15 @@ Run as a script:  python -m flows.warp_volume --transform TX_DIR --moving M.ome.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any
 
 from prefect import flow, get_run_logger
 from prefect.states import Completed, Failed, State
+from pydantic import Field
 
 from flows.cluster import AUTO, cluster_capacity, dask_cluster, runner_for
+from flows.outputs import checked_output
+from flows.parameters import Cluster, Interpolation, MemoryBudget, Output
 from flows.write_levels import write_pyramid
 from scalereg.errors import InputError
 from scalereg.storage import redact_uri
@@ -23,27 +26,47 @@ from scalereg.warp import DEFAULT_WARP_BUDGET, plan_warp
 from tasks.artifacts import artifact_key, publish_report
 from tasks.failures import BAD_INPUT
 
-Interpolation = Literal["linear", "bspline", "nearest", "label"]
 
 
 @flow(name="warp-volume", log_prints=True)
 def warp_volume(
-    transform: list[str],
-    moving: str,
-    reference: str,
-    output: str,
-    level: int = 0,
-    moving_level: int | None = None,
+    transform: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)],
+    moving: Annotated[str, Field(min_length=1)],
+    reference: Annotated[str, Field(min_length=1)],
+    output: Output,
+    level: Annotated[int, Field(ge=0)] = 0,
+    moving_level: Annotated[int, Field(ge=0)] | None = None,
     interpolation: Interpolation = "linear",
     inverse: bool = False,
     output_dtype: str | None = None,
-    memory_budget: str = AUTO,
+    memory_budget: MemoryBudget = AUTO,
     overwrite: bool = False,
-    cluster: str = "local",
+    cluster: Cluster = "local",
 ) -> dict[str, Any] | State:
     """Resample ``moving`` onto the grid of ``reference`` (its level ``level``) through
-    ``transform`` (a scalereg transform directory, or ANTs files in
-    ``ants.apply_transforms`` order) on the Dask cluster ``cluster``."""
+    ``transform`` on the Dask cluster ``cluster``.
+
+    Args:
+        transform: A scalereg transform directory, or ANTs transform files in
+            ants.apply_transforms order (.mat affines, `[file.mat,1]` to invert, .nii.gz fields).
+        moving: The OME-Zarr pyramid to warp (local path or s3:// URI).
+        reference: The OME-Zarr pyramid whose grid the output takes.
+        output: The OME-Zarr pyramid to write: a local path or s3:// URI; runs from a deployment
+            write only under the worker's SCALEREG_OUTPUT_ROOTS.
+        level: Reference level that sets the output grid (0: full resolution).
+        moving_level: Moving level to read (default: the one matching the output's spacing).
+        interpolation: `linear`, `bspline` (cubic), `nearest`, or `label` (label values preserved).
+        inverse: Use the transform directory's inverse: fixed-space images onto the moving grid.
+        output_dtype: Output type (default: the moving image's); values are rounded and clipped.
+        memory_budget: Memory per task (sets the tile size): `auto` or a size such as `768MiB`.
+        overwrite: Replace an existing output.
+        cluster: Dask cluster: `local`, `slurm` or another profile in infra/clusters, a cluster
+            YAML file, or tcp://host:port of a running scheduler.
+    """
+    try:
+        output = checked_output(output)
+    except InputError as error:
+        return Failed(name=BAD_INPUT, message=str(error))
     with dask_cluster(cluster) as address:
         capacity = cluster_capacity(address)
         try:

@@ -316,16 +316,20 @@ def _transform_points(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     _quiet_prefect()
+    from flows.parameters import ImageSource, RegistrationOptions, WarpOptions, parameters
     from flows.register_brain import register_brain
 
+    images = {
+        role: parameters(
+            ImageSource, f"--{role}", uri=_path_or_uri(getattr(args, role)), spacing=getattr(args, f"{role}_spacing"),
+            unit=getattr(args, f"{role}_unit"), orientation=getattr(args, f"{role}_orientation"),
+        )
+        for role in ("fixed", "moving")
+    }  # fmt: skip
     state = register_brain(
-        fixed=_path_or_uri(args.fixed), moving=_path_or_uri(args.moving), out=_path_or_uri(args.out),
-        fixed_spacing=list(args.fixed_spacing) if args.fixed_spacing else None, fixed_unit=args.fixed_unit,
-        fixed_orientation=args.fixed_orientation,
-        moving_spacing=list(args.moving_spacing) if args.moving_spacing else None, moving_unit=args.moving_unit,
-        moving_orientation=args.moving_orientation,
-        schedule=args.schedule, registration_memory_budget=args.memory_budget,
-        warp_memory_budget=args.warp_memory_budget, interpolation=args.interpolation,
+        **images, out=_path_or_uri(args.out),
+        registration=parameters(RegistrationOptions, "--schedule/--memory-budget", schedule=args.schedule, memory_budget=args.memory_budget),
+        warp=parameters(WarpOptions, "--warp-memory-budget", interpolation=args.interpolation, memory_budget=args.warp_memory_budget),
         chunks=args.chunks, overwrite=args.overwrite, cluster=args.cluster, return_state=True,
     )  # fmt: skip
     code = _print_stages(state)
@@ -441,12 +445,10 @@ def _demo(args: argparse.Namespace) -> int:
     _quiet_prefect()
     from flows.register_brain import register_brain
 
-    spacing = list(mouse.spacing)
+    geometry = {"spacing": list(mouse.spacing), "unit": mouse.unit, "orientation": mouse.orientation}
     state = register_brain(
-        fixed=str(mouse.path), moving=str(out / "moved.zarr"), out=str(out),
-        fixed_spacing=spacing, fixed_unit=mouse.unit, fixed_orientation=mouse.orientation,
-        moving_spacing=spacing, moving_unit=mouse.unit, moving_orientation=mouse.orientation,
-        schedule=str(out / "schedule.json"), chunks=64, cluster=args.cluster, return_state=True,
+        fixed={"uri": str(mouse.path), **geometry}, moving={"uri": str(out / "moved.zarr"), **geometry}, out=str(out),
+        registration={"schedule": str(out / "schedule.json")}, chunks=64, cluster=args.cluster, return_state=True,
     )  # fmt: skip
     code = _print_stages(state)
     if code:

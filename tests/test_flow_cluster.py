@@ -87,7 +87,7 @@ def test_a_budget_over_the_workers_memory_fails_the_flow_once(prefect_server, th
 
     state = register_brain(
         fixed=str(tmp_path / "f.nii.gz"), moving=str(tmp_path / "m.nii.gz"), out=str(tmp_path / "out"),
-        registration_memory_budget="16GiB", cluster=threaded_cluster, return_state=True,
+        registration={"memory_budget": "16GiB"}, cluster=threaded_cluster, return_state=True,
     )  # fmt: skip
     assert state.is_failed() and state.name == BAD_INPUT_STATE
     assert "registration memory budget" in state.message and "16GiB" in state.message

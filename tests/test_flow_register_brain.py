@@ -37,11 +37,10 @@ def test_register_brain_runs_every_stage_and_resumes(prefect_server, sample_volu
     schedule = tmp_path / "schedule.json"
     schedule.write_text(json.dumps(QUICK_MOUSE_SCHEDULE))
     out = tmp_path / "brainrun"
+    geometry = {"spacing": list(mouse.spacing), "orientation": mouse.orientation}
     options = dict(
-        fixed=str(mouse.path), moving=str(moved), out=str(out),
-        fixed_spacing=list(mouse.spacing), fixed_orientation=mouse.orientation,
-        moving_spacing=list(mouse.spacing), moving_orientation=mouse.orientation,
-        schedule=str(schedule), chunks=64,
+        fixed={"uri": str(mouse.path), **geometry}, moving={"uri": str(moved), **geometry}, out=str(out),
+        registration={"schedule": str(schedule)}, chunks=64,
     )  # fmt: skip
     result = register_brain(**options)
     stages = {s["stage"]: s["state"] for s in result["stages"]}

@@ -76,17 +76,15 @@ def test_register_brain_in_a_bucket_equals_local_and_leaks_no_credential(prefect
     for name in server.env():
         monkeypatch.delenv(name)
     s3fs.S3FileSystem.clear_instance_cache()
-    common = dict(
-        fixed_spacing=list(mouse.spacing), fixed_orientation=mouse.orientation,
-        moving_spacing=list(mouse.spacing), moving_orientation=mouse.orientation,
-        schedule=str(schedule), chunks=64, aws_credentials_block="scalereg-test-bucket",
-    )  # fmt: skip
+    geometry = {"spacing": list(mouse.spacing), "orientation": mouse.orientation}
+    common = dict(registration={"schedule": str(schedule)}, chunks=64, aws_credentials_block="scalereg-test-bucket")
+    sources = dict(fixed={"uri": f"s3://{bucket}/brain-src/mouse.tif", **geometry}, moving={"uri": f"s3://{bucket}/brain-src/moved.zarr", **geometry})
 
     out = f"s3://{bucket}/brainrun"
-    result = register_brain(fixed=f"s3://{bucket}/brain-src/mouse.tif", moving=f"s3://{bucket}/brain-src/moved.zarr", out=out, **common)
+    result = register_brain(**sources, out=out, **common)
     assert "AWS_SECRET_ACCESS_KEY" not in os.environ, "the block's credentials are set for the run only"
     local_out = tmp_path / "brainrun"
-    local = register_brain(fixed=str(mouse.path), moving=str(moved), out=str(local_out), **common)
+    local = register_brain(fixed={"uri": str(mouse.path), **geometry}, moving={"uri": str(moved), **geometry}, out=str(local_out), **common)
     assert {s["stage"]: s["state"] for s in result["stages"]} == {s["stage"]: s["state"] for s in local["stages"]}
 
     # the same pyramids, bit for bit, and the same registration
@@ -113,16 +111,16 @@ def test_register_brain_in_a_bucket_equals_local_and_leaks_no_credential(prefect
     assert "warped.ome.zarr" in fs.cat_file(f"{bucket}/brainrun/report.md").decode()
 
     # an unknown block is bad input, named
-    state = register_brain(fixed=f"s3://{bucket}/brain-src/mouse.tif", moving=f"s3://{bucket}/brain-src/moved.zarr", out=out, return_state=True, **{**common, "aws_credentials_block": "no-such-block"})
+    state = register_brain(**sources, out=out, return_state=True, **{**common, "aws_credentials_block": "no-such-block"})
     assert state.is_failed() and state.name == BAD_INPUT_STATE and "no-such-block" in state.message
 
     # run again: everything is recognised as done from what is in the bucket
-    again = register_brain(fixed=f"s3://{bucket}/brain-src/mouse.tif", moving=f"s3://{bucket}/brain-src/moved.zarr", out=out, **common)
+    again = register_brain(**sources, out=out, **common)
     stages = {s["stage"]: s["state"] for s in again["stages"]}
     assert stages["convert fixed"].startswith("skipped") and stages["register"].startswith("complete") and stages["warp"].startswith("skipped")
 
     # an output at the bucket's root is refused before anything is written there
-    state = register_brain(fixed=f"s3://{bucket}/brain-src/mouse.tif", moving=f"s3://{bucket}/brain-src/moved.zarr", out=f"s3://{bucket}", return_state=True, **common)
+    state = register_brain(**sources, out=f"s3://{bucket}", return_state=True, **common)
     assert state.is_failed() and state.name == BAD_INPUT_STATE and f"s3://{bucket}" in state.message and "root of a bucket" in state.message
     assert not [p for p in fs.ls(bucket, refresh=True) if fs.isfile(p)], "no object at the bucket's root"
 
