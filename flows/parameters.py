@@ -146,5 +146,5 @@ def parameters(model: type[BaseModel], subject: str, **values: Any) -> Any:
     try:
         return model(**values)
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in error.errors())
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg'].removeprefix('Value error, ')}" for e in error.errors())
         raise InputError(subject, problems) from None

@@ -120,3 +120,12 @@ def test_find_volumes_lists_one_volume_per_file_or_zarr_directory(tmp_path):
         find_volumes(str(tmp_path))
     with pytest.raises(InputError, match="no such directory"):
         find_volumes(str(tmp_path / "missing"))
+
+
+def test_cli_run_refuses_a_bad_orientation_in_one_line(tmp_path, capsys):
+    from scalereg.cli import main
+
+    code = main(["run", "--fixed", str(tmp_path / "f.tif"), "--moving", str(tmp_path / "m.tif"), "--out", str(tmp_path / "o"), "--moving-orientation", "aap"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "--moving: orientation: contradictory orientation code 'aap'" in err and "Value error" not in err
