@@ -62,8 +62,8 @@ def sweep_inputs(
         fixed: The reference every volume is registered to, and its geometry.
         output: Each volume's outputs go to `output/<volume name>`: a local path or s3:// URI
             under the worker's SCALEREG_OUTPUT_ROOTS.
-        moving: Geometry of the volumes, for files that do not store it (TIFF): spacing, unit,
-            orientation.
+        moving: Spacing, unit and orientation given to every volume found (TIFFs store none);
+            what is given here overrides what the files say.
         registration: Registration schedule and memory budget of every run.
         warp: Interpolation and memory budget of every run's warp.
         chunks: Chunk edge (voxels) of the OME-Zarr pyramids written.

@@ -105,23 +105,6 @@ def test_output_roots_must_be_absolute():
         output_roots("relative/dir")
 
 
-def test_find_volumes_lists_one_volume_per_file_or_zarr_directory(tmp_path):
-    from scalereg.find_volumes import find_volumes
-
-    for name in ("a.tif", "b.nii.gz", "notes.txt", ".hidden.tif"):
-        (tmp_path / name).write_bytes(b"x")
-    (tmp_path / "c.ome.zarr").mkdir()
-    (tmp_path / "slices").mkdir()  # a directory that is not a Zarr: not a volume here
-    found = {v.name: v.uri for v in find_volumes(str(tmp_path))}
-    assert found == {"a": str(tmp_path / "a.tif"), "b": str(tmp_path / "b.nii.gz"), "c": str(tmp_path / "c.ome.zarr")}
-    assert find_volumes(str(tmp_path), min_age_seconds=3600) == []  # all just written: maybe still being copied
-    (tmp_path / "a.nrrd").write_bytes(b"x")
-    with pytest.raises(InputError, match="two volumes are named 'a'"):
-        find_volumes(str(tmp_path))
-    with pytest.raises(InputError, match="no such directory"):
-        find_volumes(str(tmp_path / "missing"))
-
-
 def test_cli_run_refuses_a_bad_orientation_in_one_line(tmp_path, capsys):
     from scalereg.cli import main
 
