@@ -445,9 +445,9 @@ def _demo(args: argparse.Namespace) -> int:
     _quiet_prefect()
     from flows.register_brain import register_brain
 
-    geometry = {"spacing": list(mouse.spacing), "unit": mouse.unit, "orientation": mouse.orientation}
+    as_read = {"spacing": list(mouse.spacing), "unit": mouse.unit, "orientation": mouse.orientation}  # a TIFF says none of it
     state = register_brain(
-        fixed={"uri": str(mouse.path), **geometry}, moving={"uri": str(out / "moved.zarr"), **geometry}, out=str(out),
+        fixed={"uri": str(mouse.path), **as_read}, moving={"uri": str(out / "moved.zarr"), **as_read}, out=str(out),
         registration={"schedule": str(out / "schedule.json")}, chunks=64, cluster=args.cluster, return_state=True,
     )  # fmt: skip
     code = _print_stages(state)
