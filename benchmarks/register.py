@@ -100,7 +100,6 @@ def child_ants(workdir: Path) -> None:
 
 
 def dice_scores(workdir: Path, forward: list[str]) -> dict[str, float]:
-    import numpy as np
     import zarr
 
     from scalereg.omezarr import read_pyramid

@@ -38,42 +38,33 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from _shared import GIB, measure, start_server, upsampled_sample_mouse
+
 HERE = Path(__file__).resolve().parent
 WORKERS = 2
 CHUNK = 128
-GIB = 1024**3
-SAMPLE_SECONDS = 0.1
 ROWS = ("scalereg-flow", "scalereg-flow-server", "scalereg-core", "ants", "ants-single")
-SERVER_PORT = 4291
 
 
 # --------------------------------------------------------------------------- children
 
 
 def prepare(workdir: Path, zoom: float) -> None:
-    import numpy as np
-    import tifffile
     import zarr
-    from scipy import ndimage
 
     from scalereg.convert import convert_volume
     from scalereg.geometry import Geometry
     from scalereg.register.ants_image import to_ants_image
-    from scalereg.sample_data import fetch_sample_data
     from scalereg.synthetic import make_deformation
 
     info_path = workdir / "prepared.json"
     if info_path.exists() and json.loads(info_path.read_text()).get("zoom") == zoom:
         return
-    mouse = fetch_sample_data(["mouse"])["mouse"]
-    source = tifffile.imread(mouse.path).astype(np.float32)
-    volume = ndimage.zoom(source, zoom, order=1, grid_mode=True, mode="nearest").astype(np.float32)
-    spacing = tuple(50.0 * n / m for n, m in zip(source.shape, volume.shape))
+    source, volume, spacing, mouse = upsampled_sample_mouse(zoom)
     shutil.rmtree(workdir / "input.zarr", ignore_errors=True)
     zarr.create_array(str(workdir / "input.zarr"), data=volume, chunks=(CHUNK,) * 3)
     moving = workdir / "moving.ome.zarr"
@@ -143,83 +134,6 @@ def compare(workdir: Path) -> None:
     (workdir / "compare.json").write_text(json.dumps(results, indent=2))
 
 
-# --------------------------------------------------------------------------- measuring
-
-
-def _role(process, root_pid: int) -> str:
-    if process.pid == root_pid:
-        return "driver"
-    try:
-        command = " ".join(process.cmdline())
-    except Exception:
-        return "?"
-    if "forkserver" in command:  # the fork server itself, or a pool worker it forked
-        return "other" if process.ppid() == root_pid else "worker"
-    for key, role in (("uvicorn", "prefect server"), ("prefect.server", "prefect server"), ("resource_tracker", "other")):
-        if key in command:
-            return role
-    return "worker"  # dask workers (spawned) and process-pool workers
-
-
-def measure(command: list[str], log: Path, env: dict[str, str]) -> dict:
-    """Wall time, peak RSS of the process tree, of the driver and of the largest worker."""
-    import psutil
-
-    peaks: dict[int, int] = {}
-    roles: dict[int, str] = {}
-    tree_peak = 0
-    start = time.perf_counter()
-    with open(log, "w") as out:
-        process = psutil.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-        while True:
-            finished = process.poll() is not None
-            try:
-                members = [process, *process.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                members = []
-            total = 0
-            for member in members:
-                try:
-                    rss = member.memory_info().rss
-                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                    continue
-                roles.setdefault(member.pid, _role(member, process.pid))
-                peaks[member.pid] = max(peaks.get(member.pid, 0), rss)
-                total += rss
-            tree_peak = max(tree_peak, total)
-            if finished:
-                break
-            time.sleep(SAMPLE_SECONDS)
-    seconds = time.perf_counter() - start
-    if process.returncode:
-        raise SystemExit(f"benchmark row failed (exit {process.returncode}): {' '.join(command)}; see {log}")
-    by_role = lambda role: max((p for pid, p in peaks.items() if roles[pid] == role), default=0)  # noqa: E731
-    return {"seconds": seconds, "tree_peak": tree_peak, "driver_peak": by_role("driver"), "worker_peak": by_role("worker"), "server_peak": by_role("prefect server")}
-
-
-def _start_server(workdir: Path, env: dict[str, str]) -> subprocess.Popen:
-    """A Prefect server on loopback, as a deployment has one running (not timed)."""
-    import urllib.request
-
-    home = workdir / "prefect-home"
-    home.mkdir(exist_ok=True)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(SERVER_PORT)],
-        env={**env, "PREFECT_HOME": str(home)},
-        stdout=open(workdir / "prefect-server.log", "w"),
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{SERVER_PORT}/api/health", timeout=2)
-            return server
-        except Exception:
-            time.sleep(0.5)
-    server.terminate()
-    raise SystemExit(f"the Prefect server did not start; see {workdir / 'prefect-server.log'}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoom", type=float, default=2.6, help="per-axis upsampling of the 50 um sample brain (default 2.6: 0.62 GiB)")
@@ -256,14 +170,14 @@ def main() -> None:
     commands["scalereg-flow-server"] = [a if a != str(workdir / "out-scalereg-flow.ome.zarr") else str(workdir / "out-scalereg-flow-server.ome.zarr") for a in commands["scalereg-flow"]]
     chosen = [r for r in ROWS if r in args.only.split(",")]
     results = {}
-    server = _start_server(workdir, env) if "scalereg-flow-server" in chosen else None
+    server = start_server(workdir, env) if "scalereg-flow-server" in chosen else None
     try:
         for row in chosen:
             os.sync()
             print(f"running {row} ...", flush=True)
             row_env = {**env, "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1"} if row.startswith("scalereg") else env
             if row == "scalereg-flow-server":
-                row_env["PREFECT_API_URL"] = f"http://127.0.0.1:{SERVER_PORT}/api"
+                row_env["PREFECT_API_URL"] = server.api_url
             results[row] = measure(commands[row], workdir / f"{row}.log", row_env)
             print(f"  {results[row]['seconds']:.1f} s, tree peak {results[row]['tree_peak'] / GIB:.2f} GiB", flush=True)
     finally:

@@ -20,6 +20,15 @@ class InputError(ValueError):
         self.problem = problem
         super().__init__(f"{self.subject}: {problem}")
 
+    def __reduce__(self):  # picklable (tasks' failures travel between processes)
+        return type(self), (self.subject, self.problem)
+
 
 class MemoryBudgetError(InputError):
     """The work cannot be done within the memory budget the user gave."""
+
+
+class TransientError(InputError):
+    """A problem outside scalereg that may pass by itself (a store that cannot be reached
+    for a moment, or keeps throttling).  Tasks retry it with backoff; when it outlasts
+    the retries it is reported like a user error: one line, naming the input."""

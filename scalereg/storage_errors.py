@@ -5,7 +5,8 @@ wrapping a ``ClientError``, ``FileNotFoundError`` for a bucket or a key,
 ``EndpointConnectionError`` after retries, zarr's own not-found errors).  Wrap the
 parts of a stage that touch a store in `storage_errors(uri)`: what the user can fix
 becomes a `StorageError` (an InputError: failed once, shown as one line, never
-retried by tasks); anything else passes through unchanged.
+retried by tasks), except an unreachable or throttling store, a `StoreUnavailable`
+that tasks retry first; anything else passes through unchanged.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import functools
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, TypeVar
 
-from scalereg.errors import InputError
+from scalereg.errors import InputError, TransientError
 from scalereg.storage import filesystem, is_remote, redact_uri
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -42,6 +43,14 @@ class StorageError(InputError):
     """An object store refused or could not be reached; the message names the URI."""
 
 
+class StoreUnavailable(StorageError, TransientError):
+    """The store could not be reached, or kept throttling: tasks retry it (a store that
+    was down for a few seconds mid-run costs a retry, not the run)."""
+
+
+UNREACHABLE = "cannot reach the store's endpoint"
+
+
 @contextmanager
 def storage_errors(uri: str, storage_options: dict[str, Any] | None = None) -> Iterator[None]:
     """Translate object-store failures raised inside the block for the remote ``uri``."""
@@ -65,7 +74,8 @@ def storage_errors(uri: str, storage_options: dict[str, Any] | None = None) -> I
                 problem = _CODES["NoSuchBucket"]
             elif isinstance(error, FileNotFoundError) and error.args and "/" in str(error.args[0]):
                 subject = f"{uri.split('://', 1)[0]}://{str(error.args[0]).lstrip('/')}"  # the very object
-        raise StorageError(subject, problem) from None
+        transient = problem.startswith(UNREACHABLE) or problem == _CODES["SlowDown"]
+        raise (StoreUnavailable if transient else StorageError)(subject, problem) from None
 
 
 def _listing_problem(uri: str, storage_options: dict[str, Any] | None) -> str | None:
@@ -116,7 +126,7 @@ def storage_problem(error: BaseException) -> str | None:
     for item in chain:
         name = type(item).__name__
         if name in ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError"):
-            return f"cannot reach the store's endpoint ({_endpoint(item)}); check endpoint_url / AWS_ENDPOINT_URL and the network"
+            return f"{UNREACHABLE} ({_endpoint(item)}); check endpoint_url / AWS_ENDPOINT_URL and the network"
         if name == "NoCredentialsError":
             return "no credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, use an instance role, or anon for a public bucket)"
     for item in chain:

@@ -7,7 +7,7 @@ from typing import Any, Callable, TypeVar
 
 from prefect.states import Failed
 
-from scalereg.errors import BAD_INPUT_STATE, InputError
+from scalereg.errors import BAD_INPUT_STATE, InputError, TransientError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -28,6 +28,8 @@ def fail_on_input_error(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except TransientError:
+            raise  # retried (see retry_transient); reported like bad input if it persists
         except InputError as error:
             return Failed(name=BAD_INPUT, message=str(error))
 
@@ -38,6 +40,8 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     """retry_condition_fn: retry only exceptions that may succeed on a second try."""
     try:
         state.result()
+    except TransientError:
+        return True
     except InputError:
         return False
     except TRANSIENT:
@@ -48,7 +52,16 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
 
 
 def bad_input_message(state: Any) -> str | None:
-    """The message of a task that failed on bad input, else None."""
-    if state is not None and state.is_failed() and state.name == BAD_INPUT:
+    """The message of a task that failed on bad input (or on a transient problem that
+    outlasted its retries, such as a store that stayed unreachable), else None."""
+    if state is None or not state.is_failed():
+        return None
+    if state.name == BAD_INPUT:
         return state.message or "bad input"
+    try:
+        error = state.result(raise_on_failure=False)
+    except Exception:  # noqa: BLE001 - a result that cannot be read is not a user error
+        return None
+    if isinstance(error, TransientError):
+        return f"{error} (still failing after the task's retries)"
     return None

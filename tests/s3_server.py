@@ -6,7 +6,8 @@ credentials and missing permissions are answered as AWS answers them.  It keeps
 everything in memory and is stopped at the end of the session.
 
 `ThrottlingProxy` sits in front of it and answers ``503 SlowDown`` to the requests
-whose path contains a marker, to see retries and the error after them.
+whose path contains a marker, to see retries and the error after them; its `outage`
+takes the endpoint away (connections refused) for a few seconds.
 """
 
 from __future__ import annotations
@@ -103,18 +104,27 @@ class ThrottlingProxy:
     """Forwards HTTP to ``upstream``; answers 503 SlowDown to paths containing ``marker``
     (the first ``times`` such requests, or all of them when ``times`` is None)."""
 
-    def __init__(self, upstream: str, marker: str, times: int | None = None) -> None:
+    def __init__(self, upstream: str, marker: str | None = None, times: int | None = None) -> None:
         self.upstream = upstream.split("://", 1)[1]
         self.marker, self.times, self.throttled = marker, times, 0
+        self.down = False
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
+            # HTTP/1.1: answers "Expect: 100-continue" (botocore sends it with PUTs; an
+            # HTTP/1.0 handler leaves the client waiting) and keeps connections alive
+            protocol_version = "HTTP/1.1"
+
             def log_message(self, *args):  # quiet
                 pass
 
             def _handle(self):
+                if proxy.down:  # a kept-alive connection during an outage: dropped
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if proxy.marker in self.path and (proxy.times is None or proxy.throttled < proxy.times):
+                if proxy.marker and proxy.marker in self.path and (proxy.times is None or proxy.throttled < proxy.times):
                     proxy.throttled += 1
                     payload = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
                     self.send_response(503)
@@ -125,7 +135,8 @@ class ThrottlingProxy:
                         self.wfile.write(payload)
                     return
                 connection = http.client.HTTPConnection(proxy.upstream, timeout=60)
-                connection.request(self.command, self.path, body=body, headers=dict(self.headers))
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("expect", "connection")}
+                connection.request(self.command, self.path, body=body, headers=headers)
                 response = connection.getresponse()
                 data = response.read()
                 self.send_response(response.status)
@@ -139,12 +150,29 @@ class ThrottlingProxy:
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 
+        self.handler = Handler
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.port = self.server.server_address[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.outages = 0
+
+    def _serve(self) -> None:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def outage(self, seconds: float) -> None:
+        """The endpoint goes away (connections refused) for ``seconds``, then comes back
+        on the same port."""
+        self.down = True
+        self.server.shutdown()
+        self.server.server_close()
+        self.outages += 1
+        time.sleep(seconds)
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), self.handler)
+        self.down = False
+        self._serve()
 
     def __enter__(self) -> "ThrottlingProxy":
-        self.thread.start()
+        self._serve()
         return self
 
     def __exit__(self, *exc: object) -> None:

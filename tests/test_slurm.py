@@ -133,3 +133,42 @@ def test_convert_flow_on_slurm_writes_a_valid_pyramid(prefect_server, tmp_path):
     jobs = {path.stem.rpartition("-")[2] for path in set(log_directory.glob(f"{JOB_NAME}-*.err")) - logs_before}
     assert len(jobs) == 2, jobs
     assert _wait_until_gone(jobs) == set()
+
+
+@pytest.mark.timeout(600)
+def test_register_brain_on_slurm_runs_every_stage_in_slurm_jobs(prefect_server, sample_volumes, mouse_registration, tmp_path):
+    """The whole pipeline with cluster="slurm": one SLURMCluster for the run, its workers
+    SLURM jobs that convert, register (each step records its job) and warp."""
+    import json
+
+    from conftest import QUICK_MOUSE_SCHEDULE
+    from flows.register_brain import register_brain
+
+    mouse = sample_volumes["mouse"]
+    schedule = tmp_path / "schedule.json"
+    schedule.write_text(json.dumps(QUICK_MOUSE_SCHEDULE))
+    out = tmp_path / "slurmbrain"
+    log_directory = Path(yaml.safe_load((PROFILES_DIR / "slurm.yaml").read_text())["cluster_kwargs"]["log_directory"])
+    logs_before = set(log_directory.glob(f"{JOB_NAME}-*.err"))
+
+    result = register_brain(
+        fixed={"uri": str(mouse.path), "spacing": list(mouse.spacing), "orientation": mouse.orientation},
+        moving={"uri": str(mouse_registration["moving"])}, out=str(out), registration={"schedule": str(schedule)},
+        chunks=64, cluster="slurm",
+    )  # fmt: skip
+
+    stages = {s["stage"]: s["state"] for s in result["stages"]}
+    assert stages["convert fixed"] == "written" and stages["convert moving"].startswith("skipped")
+    assert stages["register"] == "new" and stages["warp"] == "written"
+    jobs = {path.stem.rpartition("-")[2] for path in set(log_directory.glob(f"{JOB_NAME}-*.err")) - logs_before}
+    assert len(jobs) == 2, jobs  # one cluster (two jobs) for the whole run, stage flows included
+    manifest = json.loads((out / "transform" / "manifest.json").read_text())
+    assert {step["ran_on"].get("slurm_job") for step in manifest["steps"]} <= jobs
+    assert all(step["ran_on"].get("slurm_job") for step in manifest["steps"])
+    # the budget came from the jobs' memory (4 GiB, one thread each): 3/4 of it
+    assert manifest["plan"]["memory_budget"] == "3.0 GiB"
+    assert validate_pyramid(str(out / "warped.ome.zarr")) == []
+    fixed = zarr.open_array(str(out / "fixed.ome.zarr" / "0"))[:].astype(np.float64)
+    warped = zarr.open_array(str(out / "warped.ome.zarr" / "0"))[:].astype(np.float64)
+    assert np.corrcoef(fixed.ravel(), warped.ravel())[0, 1] > 0.95
+    assert _wait_until_gone(jobs) == set()

@@ -1,0 +1,110 @@
+"""What the benchmarks share: the upsampled sample mouse brain, running a command while
+sampling the memory of its process tree, and a Prefect server started before the timed
+rows (as a deployment has one).
+
+Scripts in benchmarks/ run as `python benchmarks/NAME.py`, so this module is found
+next to them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+GIB = 1024**3
+SAMPLE_SPACING_UM = 50.0
+SAMPLE_SECONDS = 0.1
+SERVER_PORT = 4291
+
+
+def _role(process, root_pid: int) -> str:
+    if process.pid == root_pid:
+        return "driver"
+    try:
+        command = " ".join(process.cmdline())
+    except Exception:
+        return "?"
+    if "forkserver" in command:  # the fork server itself, or a pool worker it forked
+        return "other" if process.ppid() == root_pid else "worker"
+    for key, role in (("uvicorn", "prefect server"), ("prefect.server", "prefect server"), ("resource_tracker", "other")):
+        if key in command:
+            return role
+    return "worker"  # dask workers (spawned) and process-pool workers
+
+
+def measure(command: list[str], log: Path, env: dict[str, str]) -> dict:
+    """Wall time, peak RSS of the process tree, of the driver and of the largest worker."""
+    import psutil
+
+    peaks: dict[int, int] = {}
+    roles: dict[int, str] = {}
+    tree_peak = 0
+    start = time.perf_counter()
+    with open(log, "w") as out:
+        process = psutil.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+        while True:
+            finished = process.poll() is not None
+            try:
+                members = [process, *process.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                members = []
+            total = 0
+            for member in members:
+                try:
+                    rss = member.memory_info().rss
+                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                    continue
+                roles.setdefault(member.pid, _role(member, process.pid))
+                peaks[member.pid] = max(peaks.get(member.pid, 0), rss)
+                total += rss
+            tree_peak = max(tree_peak, total)
+            if finished:
+                break
+            time.sleep(SAMPLE_SECONDS)
+    seconds = time.perf_counter() - start
+    if process.returncode:
+        raise SystemExit(f"benchmark row failed (exit {process.returncode}): {' '.join(command)}; see {log}")
+    by_role = lambda role: max((p for pid, p in peaks.items() if roles[pid] == role), default=0)  # noqa: E731
+    return {"seconds": seconds, "tree_peak": tree_peak, "driver_peak": by_role("driver"), "worker_peak": by_role("worker"), "server_peak": by_role("prefect server")}
+
+
+def start_server(workdir: Path, env: dict[str, str]) -> subprocess.Popen:
+    """A Prefect server on loopback, as a deployment has one running (not timed)."""
+    import urllib.request
+
+    home = workdir / "prefect-home"
+    home.mkdir(exist_ok=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(SERVER_PORT)],
+        env={**env, "PREFECT_HOME": str(home)},
+        stdout=open(workdir / "prefect-server.log", "w"),
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{SERVER_PORT}/api/health", timeout=2)
+            server.api_url = f"http://127.0.0.1:{SERVER_PORT}/api"  # type: ignore[attr-defined]
+            return server
+        except Exception:
+            time.sleep(0.5)
+    server.terminate()
+    raise SystemExit(f"the Prefect server did not start; see {workdir / 'prefect-server.log'}")
+
+
+def upsampled_sample_mouse(zoom: float):
+    """The sample mouse brain (50 um) and the same brain upsampled ``zoom`` times per
+    axis (trilinear, float32), with the upsampled spacing and the sample's record."""
+    import numpy as np
+    import tifffile
+    from scipy import ndimage
+
+    from scalereg.sample_data import fetch_sample_data
+
+    mouse = fetch_sample_data(["mouse"])["mouse"]
+    source = tifffile.imread(mouse.path).astype(np.float32)
+    volume = ndimage.zoom(source, zoom, order=1, grid_mode=True, mode="nearest").astype(np.float32)
+    spacing = [SAMPLE_SPACING_UM * n / m for n, m in zip(source.shape, volume.shape)]
+    return source, volume, spacing, mouse
