@@ -18,6 +18,7 @@ import base64
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -53,11 +54,13 @@ def screenshot(url: str, width: int, height: int, timeout: float) -> bytes:
     if chromium is None:
         raise FileNotFoundError("chromium-headless-shell not found: apt-get install chromium-headless-shell")
     with tempfile.TemporaryDirectory() as profile:
-        # --no-sandbox: Chromium refuses to sandbox as root; port 0: it picks a free one
+        # --no-sandbox: Chromium refuses to sandbox as root; port 0: it picks a free one.
+        # Its own session: Debian's launcher is a shell script that does not exec, so the
+        # browser is stopped as a process group, not by the launcher's pid.
         browser = subprocess.Popen(
             [chromium, "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--remote-debugging-port=0",
              f"--user-data-dir={profile}", f"--window-size={width},{height}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
         try:
             page = _page_socket(Path(profile) / "DevToolsActivePort", timeout)
@@ -75,7 +78,7 @@ def screenshot(url: str, width: int, height: int, timeout: float) -> bytes:
                 time.sleep(2)  # the UI fades content in
                 return base64.b64decode(devtools.call("Page.captureScreenshot", format="png")["data"])
         finally:
-            browser.terminate()
+            os.killpg(browser.pid, signal.SIGTERM)
             browser.wait(timeout=30)
 
 
