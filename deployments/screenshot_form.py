@@ -78,8 +78,21 @@ def screenshot(url: str, width: int, height: int, timeout: float) -> bytes:
                 time.sleep(2)  # the UI fades content in
                 return base64.b64decode(devtools.call("Page.captureScreenshot", format="png")["data"])
         finally:
-            os.killpg(browser.pid, signal.SIGTERM)
-            browser.wait(timeout=30)
+            _stop_group(browser)
+
+
+def _stop_group(browser: subprocess.Popen) -> None:
+    """Stop the browser's process group and wait until every process of it is gone (its
+    profile directory is removed next, which fails while Chromium still writes there)."""
+    os.killpg(browser.pid, signal.SIGTERM)
+    browser.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            os.killpg(browser.pid, signal.SIGKILL if time.monotonic() > deadline else 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
 
 
 def _page_socket(port_file: Path, timeout: float) -> str:
