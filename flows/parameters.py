@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from flows.cluster import AUTO
 from scalereg.errors import InputError
@@ -38,7 +38,7 @@ BUDGET_PATTERN = rf"^auto$|{SIZE_PATTERN}"
 
 def _pydantic_error(parse: Any) -> Any:
     """A scalereg parser as a pydantic validator: its InputError becomes a ValueError
-    with the same one-line message (pydantic reports ValueErrors, not subclasses')."""
+    with the problem alone (pydantic's error already names the field)."""
 
     def check(value: Any) -> Any:
         if value is None:
@@ -141,8 +141,6 @@ class WarpOptions(_Form):
 def parameters(model: type[BaseModel], subject: str, **values: Any) -> Any:
     """``model(**values)``, a validation error as an InputError naming ``subject``: how
     the CLI builds parameters, so that a bad value is one line and exit code 2."""
-    from pydantic import ValidationError
-
     try:
         return model(**values)
     except ValidationError as error:
