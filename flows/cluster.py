@@ -203,3 +203,32 @@ def cluster_capacity(address: str) -> ClusterCapacity:
     shares = [w["memory_limit"] // max(1, w.get("nthreads", 1)) for w in workers if w.get("memory_limit")]
     unlimited = any(not w.get("memory_limit") for w in workers)
     return ClusterCapacity(threads=max(1, threads), memory_per_task=None if unlimited or not shares else min(shares))
+
+
+def run_stage_on_cluster(inner_flow: Any, cluster: str | None, stage: str, parameters: dict[str, Any], output: str, tasks_per_level: bool = True) -> Any:
+    """What a stage flow run alone does around its inner flow: confine the output
+    parameter ``output``, start the cluster, size ``memory_budget`` (and, for pyramid
+    writers, the batches) from its workers, run ``inner_flow`` on it, and return its
+    result or its failure (bad input as one line)."""
+    from prefect.states import Failed
+
+    from flows.outputs import checked_output
+    from scalereg.errors import BAD_INPUT_STATE
+
+    parameters = dict(parameters)
+    try:
+        parameters[output] = checked_output(parameters[output])
+    except InputError as error:
+        return Failed(name=BAD_INPUT_STATE, message=str(error))
+    with dask_cluster(cluster) as address:
+        capacity = cluster_capacity(address)
+        try:
+            parameters["memory_budget"] = capacity.memory_budget(parameters["memory_budget"], stage)
+        except InputError as error:
+            return Failed(name=BAD_INPUT_STATE, message=str(error))
+        if tasks_per_level:
+            parameters["tasks_per_level"] = 4 * capacity.threads
+        state = inner_flow.with_options(task_runner=runner_for(address))(**parameters, return_state=True)
+    if state.is_failed():
+        return Failed(name=state.name, message=state.message)
+    return state.result()

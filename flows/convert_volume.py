@@ -15,8 +15,7 @@ from prefect import flow
 from pydantic import Field
 from prefect.states import Completed, Failed, State
 
-from flows.cluster import AUTO, cluster_capacity, dask_cluster, runner_for
-from flows.outputs import checked_output
+from flows.cluster import AUTO, run_stage_on_cluster
 from flows.parameters import Chunks, Cluster, MemoryBudget, Orientation, Output, Spacing, Unit
 from flows.write_levels import write_pyramid
 from scalereg.convert import plan_conversion
@@ -62,35 +61,11 @@ def convert_volume(
         cluster: Dask cluster: `local`, `slurm` or another profile in infra/clusters, a cluster
             YAML file, or tcp://host:port of a running scheduler.
     """
-    try:
-        output = checked_output(output)
-    except InputError as error:
-        return Failed(name=BAD_INPUT, message=str(error))
-    with dask_cluster(cluster) as address:
-        capacity = cluster_capacity(address)
-        try:
-            memory_budget = capacity.memory_budget(memory_budget, "conversion")
-        except InputError as error:
-            return Failed(name=BAD_INPUT, message=str(error))
-        blocks_flow = convert_volume_blocks.with_options(task_runner=runner_for(address))
-        state = blocks_flow(
-            tasks_per_level=4 * capacity.threads,
-            source=source,
-            output=output,
-            spacing=spacing,
-            unit=unit,
-            orientation=orientation,
-            ngff_version=ngff_version,
-            chunks=chunks,
-            shards=shards,
-            labels=labels,
-            memory_budget=memory_budget,
-            overwrite=overwrite,
-            return_state=True,
-        )
-    if state.is_failed():
-        return Failed(name=state.name, message=state.message)
-    return state.result()
+    parameters = dict(
+        source=source, output=output, spacing=spacing, unit=unit, orientation=orientation, ngff_version=ngff_version,
+        chunks=chunks, shards=shards, labels=labels, memory_budget=memory_budget, overwrite=overwrite,
+    )  # fmt: skip
+    return run_stage_on_cluster(convert_volume_blocks, cluster, "conversion", parameters, output="output")
 
 
 @flow(name="convert-volume-blocks", log_prints=True)

@@ -20,8 +20,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, Failed, State
 from pydantic import Field
 
-from flows.cluster import AUTO, cluster_capacity, dask_cluster, runner_for
-from flows.outputs import checked_output
+from flows.cluster import AUTO, run_stage_on_cluster
 from flows.parameters import Cluster, MemoryBudget, Output, Schedule
 from scalereg.errors import InputError
 from scalereg.register.register_pyramids import DEFAULT_MEMORY_BUDGET, RegistrationRun
@@ -61,23 +60,11 @@ def register_volume(
         cluster: Dask cluster: `local`, `slurm` or another profile in infra/clusters, a cluster
             YAML file, or tcp://host:port of a running scheduler.
     """
-    try:
-        out = checked_output(out)
-    except InputError as error:
-        return Failed(name=BAD_INPUT, message=str(error))
-    with dask_cluster(cluster) as address:
-        try:
-            memory_budget = cluster_capacity(address).memory_budget(memory_budget, "registration")
-        except InputError as error:
-            return Failed(name=BAD_INPUT, message=str(error))
-        steps_flow = register_volume_steps.with_options(task_runner=runner_for(address))
-        state = steps_flow(
-            fixed=fixed, moving=moving, out=out, schedule=schedule, memory_budget=memory_budget,
-            fixed_mask=fixed_mask, moving_mask=moving_mask, normalize=normalize, overwrite=overwrite, return_state=True,
-        )  # fmt: skip
-    if state.is_failed():
-        return Failed(name=state.name, message=state.message)
-    return state.result()
+    parameters = dict(
+        fixed=fixed, moving=moving, out=out, schedule=schedule, memory_budget=memory_budget,
+        fixed_mask=fixed_mask, moving_mask=moving_mask, normalize=normalize, overwrite=overwrite,
+    )  # fmt: skip
+    return run_stage_on_cluster(register_volume_steps, cluster, "registration", parameters, output="out", tasks_per_level=False)
 
 
 @flow(name="register-volume-steps", log_prints=True)

@@ -16,8 +16,7 @@ from prefect import flow, get_run_logger
 from prefect.states import Completed, Failed, State
 from pydantic import Field
 
-from flows.cluster import AUTO, cluster_capacity, dask_cluster, runner_for
-from flows.outputs import checked_output
+from flows.cluster import AUTO, run_stage_on_cluster
 from flows.parameters import Cluster, Interpolation, MemoryBudget, Output
 from flows.write_levels import write_pyramid
 from scalereg.errors import InputError
@@ -63,35 +62,11 @@ def warp_volume(
         cluster: Dask cluster: `local`, `slurm` or another profile in infra/clusters, a cluster
             YAML file, or tcp://host:port of a running scheduler.
     """
-    try:
-        output = checked_output(output)
-    except InputError as error:
-        return Failed(name=BAD_INPUT, message=str(error))
-    with dask_cluster(cluster) as address:
-        capacity = cluster_capacity(address)
-        try:
-            memory_budget = capacity.memory_budget(memory_budget, "warp")
-        except InputError as error:
-            return Failed(name=BAD_INPUT, message=str(error))
-        tiles_flow = warp_volume_tiles.with_options(task_runner=runner_for(address))
-        state = tiles_flow(
-            transform=transform,
-            moving=moving,
-            reference=reference,
-            output=output,
-            level=level,
-            moving_level=moving_level,
-            interpolation=interpolation,
-            inverse=inverse,
-            output_dtype=output_dtype,
-            memory_budget=memory_budget,
-            overwrite=overwrite,
-            tasks_per_level=4 * capacity.threads,
-            return_state=True,
-        )
-    if state.is_failed():
-        return Failed(name=state.name, message=state.message)
-    return state.result()
+    parameters = dict(
+        transform=transform, moving=moving, reference=reference, output=output, level=level, moving_level=moving_level,
+        interpolation=interpolation, inverse=inverse, output_dtype=output_dtype, memory_budget=memory_budget, overwrite=overwrite,
+    )  # fmt: skip
+    return run_stage_on_cluster(warp_volume_tiles, cluster, "warp", parameters, output="output")
 
 
 @flow(name="warp-volume-tiles", log_prints=True)
