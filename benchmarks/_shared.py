@@ -35,10 +35,12 @@ def _role(process, root_pid: int) -> str:
 
 
 def measure(command: list[str], log: Path, env: dict[str, str]) -> dict:
-    """Wall time, peak RSS of the process tree, of the driver and of the largest worker."""
+    """Wall time, peak RSS of the process tree, of the driver and of the largest worker,
+    and the CPU seconds each role used (user + system, last sample of each process)."""
     import psutil
 
     peaks: dict[int, int] = {}
+    cpu: dict[int, float] = {}
     roles: dict[int, str] = {}
     tree_peak = 0
     start = time.perf_counter()
@@ -54,10 +56,12 @@ def measure(command: list[str], log: Path, env: dict[str, str]) -> dict:
             for member in members:
                 try:
                     rss = member.memory_info().rss
+                    times = member.cpu_times()
                 except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                     continue
                 roles.setdefault(member.pid, _role(member, process.pid))
                 peaks[member.pid] = max(peaks.get(member.pid, 0), rss)
+                cpu[member.pid] = times.user + times.system
                 total += rss
             tree_peak = max(tree_peak, total)
             if finished:
@@ -67,7 +71,13 @@ def measure(command: list[str], log: Path, env: dict[str, str]) -> dict:
     if process.returncode:
         raise SystemExit(f"benchmark row failed (exit {process.returncode}): {' '.join(command)}; see {log}")
     by_role = lambda role: max((p for pid, p in peaks.items() if roles[pid] == role), default=0)  # noqa: E731
-    return {"seconds": seconds, "tree_peak": tree_peak, "driver_peak": by_role("driver"), "worker_peak": by_role("worker"), "server_peak": by_role("prefect server")}
+    cpu_by_role: dict[str, float] = {}
+    for pid, seconds_used in cpu.items():
+        cpu_by_role[roles[pid]] = cpu_by_role.get(roles[pid], 0.0) + seconds_used
+    return {
+        "seconds": seconds, "tree_peak": tree_peak, "driver_peak": by_role("driver"), "worker_peak": by_role("worker"),
+        "server_peak": by_role("prefect server"), "cpu": cpu_by_role,
+    }  # fmt: skip
 
 
 def start_server(workdir: Path, env: dict[str, str]) -> subprocess.Popen:

@@ -143,6 +143,18 @@ def flow_command(workdir: Path, info: dict, out: Path) -> list[str]:
     ]  # fmt: skip
 
 
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process and its children have used so far."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in (root, *root.children(recursive=True)):
+        times = process.cpu_times()
+        total += times.user + times.system
+    return total
+
+
 def compare(workdir: Path, rows: list[str]) -> dict:
     """NCC of each row's warped level 0 with the fixed volume (all rows should agree)."""
     import numpy as np
@@ -214,7 +226,10 @@ def main() -> None:
             if row == "flow-server":
                 row_env["PREFECT_API_URL"] = server.api_url
             command = [*me, "core"] if row == "core" else flow_command(workdir, info, out)
+            server_cpu = _tree_cpu(server.pid) if row == "flow-server" else 0.0
             results[row] = measure(command, workdir / f"{row}.log", row_env)
+            if row == "flow-server":  # the running server is not in the row's process tree
+                results[row]["cpu"]["prefect server"] = _tree_cpu(server.pid) - server_cpu
             print(f"  {results[row]['seconds']:.1f} s, tree peak {results[row]['tree_peak'] / GIB:.2f} GiB", flush=True)
         flow_stages = flow_stage_seconds(server.api_url) if server is not None else {}
     finally:
@@ -254,13 +269,14 @@ def report(args, info: dict, results: dict, stages: dict, flow_stages: dict, sco
         f"({info['spacing_um'][0]:.1f} um), moving = a copy moved by a known affine + smooth warp; {info['bytes'] / GIB:.2f} GiB together. "
         f"Schedule: {_schedule_text()}",
         "",
-        "| run | wall (s) | vs core | peak RSS, tree (GiB) | largest worker (GiB) | NCC warped vs fixed |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| run | wall (s) | vs core | CPU s: driver / workers / server / other | peak RSS, tree (GiB) | largest worker (GiB) | NCC warped vs fixed |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     core = results.get("core")
     for row, r in results.items():
         ratio = f"{r['seconds'] / core['seconds'] - 1:+.1%}" if core and row != "core" else "-"
-        lines.append(f"| {labels[row]} | {r['seconds']:.1f} | {ratio} | {r['tree_peak'] / GIB:.2f} | {r['worker_peak'] / GIB:.2f} | {scores.get(row, float('nan')):.4f} |")
+        cpu = " / ".join(f"{r['cpu'].get(role, 0.0):.0f}" for role in ("driver", "worker", "prefect server", "other"))
+        lines.append(f"| {labels[row]} | {r['seconds']:.1f} | {ratio} | {cpu} | {r['tree_peak'] / GIB:.2f} | {r['worker_peak'] / GIB:.2f} | {scores.get(row, float('nan')):.4f} |")
     if stages:
         previous = 0.0
         parts = []

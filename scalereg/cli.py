@@ -11,8 +11,9 @@ import argparse
 import json
 import os
 import sys
+import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from scalereg.errors import BAD_INPUT_STATE, InputError
 
@@ -176,9 +177,10 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _run_convert_flow(source: str, output: str, options: dict[str, Any], overwrite: bool, cluster: str) -> int:
-    _quiet_prefect()
+    prefect_ready = _start_prefect()
     from flows.convert_volume import convert_volume
 
+    prefect_ready()
     state = convert_volume(source=source, output=output, overwrite=overwrite, cluster=cluster, return_state=True, **options)
     if state.is_failed():
         print(f"scalereg: error: {state.message}", file=sys.stderr)
@@ -256,10 +258,11 @@ def _warp(args: argparse.Namespace) -> int:
         print(f"{plan.output}: an earlier run of this warp exists ({state}); it will be {'left as is' if state == 'complete' else 'resumed'}")
     if args.dry_run:
         return 0
-    _quiet_prefect()
+    prefect_ready = _start_prefect()
     from flows.warp_volume import warp_volume
 
     options["memory_budget"] = args.memory_budget or "auto"  # the flow sizes tiles from its workers' memory
+    prefect_ready()
     flow_state = warp_volume(**options, overwrite=args.overwrite, cluster=args.cluster, return_state=True)
     if flow_state.is_failed():
         print(f"scalereg: error: {flow_state.message}", file=sys.stderr)
@@ -315,7 +318,7 @@ def _transform_points(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    _quiet_prefect()
+    prefect_ready = _start_prefect()
     from flows.parameters import ImageSource, RegistrationOptions, WarpOptions, parameters
     from flows.register_brain import register_brain
 
@@ -326,6 +329,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         for role in ("fixed", "moving")
     }  # fmt: skip
+    prefect_ready()
     state = register_brain(
         **images, out=_path_or_uri(args.out),
         registration=parameters(RegistrationOptions, "--schedule/--memory-budget", schedule=args.schedule, memory_budget=args.memory_budget),
@@ -442,10 +446,11 @@ def _demo(args: argparse.Namespace) -> int:
     (out / "schedule.json").write_text(json.dumps(DEMO_SCHEDULE))
     print("moving: the same brain moved by a known affine and a smooth warp (moved.zarr)")
     print("running the register-brain flow: convert both, register coarse to fine, warp at full resolution\n")
-    _quiet_prefect()
+    prefect_ready = _start_prefect()
     from flows.register_brain import register_brain
 
     as_read = {"spacing": list(mouse.spacing), "unit": mouse.unit, "orientation": mouse.orientation}  # a TIFF says none of it
+    prefect_ready()
     state = register_brain(
         fixed={"uri": str(mouse.path), **as_read}, moving={"uri": str(out / "moved.zarr"), **as_read}, out=str(out),
         registration={"schedule": str(out / "schedule.json")}, chunks=64, cluster=args.cluster, return_state=True,
@@ -493,13 +498,27 @@ def _path_or_uri(text: str) -> str:
     return text if "://" in text else os.path.abspath(text)
 
 
-def _quiet_prefect(verbose: bool = False) -> None:
+def _start_prefect(verbose: bool = False) -> Callable[[], None]:
+    """Quiet Prefect's console and, when no Prefect server is configured, start the
+    temporary one Prefect would start for the first flow run, in a thread, so that it
+    comes up (about 5 s) while the flows are imported; returns a function that waits
+    for it (call it before running a flow)."""
     # Without internet, telemetry would only fill the log with errors.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # The terminal shows a progress bar and warnings; every log line still reaches the
     # Prefect API (and the UI) whatever the console shows.
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        return lambda: None
+    from prefect.server.api.server import SubprocessASGIServer
+
+    # the same instance Prefect's client starts (one per process): it is started once
+    starting = threading.Thread(target=SubprocessASGIServer().start, name="prefect-temporary-server", daemon=True)
+    starting.start()
+    return starting.join
 
 
 if __name__ == "__main__":

@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import threading
 import time
 from types import TracebackType
 
 import psutil
+
+
+def _load_malloc_trim():
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        return None
+
+
+_malloc_trim = _load_malloc_trim()
+
+
+def release_free_memory() -> None:
+    """Hand memory this process has freed back to the system: glibc keeps it for reuse
+    otherwise (the free pages of its main arena, and within the other arenas)."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 class Measured:

@@ -24,7 +24,6 @@ last; records name files relative to ``out``, so any worker can resume any step.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import os
@@ -39,7 +38,7 @@ import zarr
 
 from scalereg import __version__
 from scalereg.errors import InputError
-from scalereg.measure import Measured
+from scalereg.measure import Measured, release_free_memory
 from scalereg.omezarr.pyramid_layout import PyramidLayout
 from scalereg.omezarr.read_pyramid import level_fingerprint, read_pyramid
 from scalereg.omezarr.write_vector_field import write_vector_field
@@ -286,7 +285,7 @@ def _run_step(
         before = from_ants_image(ants.apply_transforms(fixed_image, moving_image, chain_in))
         _check_overlap(fixed_array, before, reader.names)
 
-    _release_free_memory()  # the step's peak then starts from what is really in use
+    release_free_memory()  # the step's peak then starts from what is really in use
     with Measured() as measured:
         transforms = run_ants_step(step, fixed_image, moving_image, workdir, initial=chain_in, fixed_mask=fixed_mask, moving_mask=moving_mask)
     if before is None:  # computed after the step so that it does not add to the step's peak memory
@@ -364,14 +363,6 @@ def crop_to_tissue(image: "ants.ANTsImage", margin: float = 0.1) -> "ants.ANTsIm
     if np.all(low == 0) and np.all(high == data.shape):
         return image
     return ants.crop_indices(image, [int(v) for v in low], [int(v) for v in high])
-
-
-def _release_free_memory() -> None:
-    """Hand memory freed by earlier steps back to the system (glibc keeps it otherwise)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:  # not glibc
-        pass
 
 
 def _centre_of_mass_alignment(fixed: "ants.ANTsImage", moving: "ants.ANTsImage", path: str) -> str:
