@@ -87,7 +87,7 @@ def dask_cluster(cluster: str | None = None) -> Iterator[str]:
     # starts its workers in the constructor, but a batch-system cluster submits jobs
     # at scale()/adapt() time and again whenever adapt() asks for more, and sbatch
     # hands each job the submitting process's environment as it is then.
-    with _shared_prefect_api(), _worker_malloc_settings():
+    with _shared_prefect_api():
         instance = cluster_class(**spec.get("cluster_kwargs", {}))
         try:
             if spec.get("scale_kwargs"):
@@ -108,39 +108,6 @@ def dask_cluster(cluster: str | None = None) -> Iterator[str]:
             yield instance.scheduler_address
         finally:
             instance.close()
-
-
-# Dask's nanny starts every worker with MALLOC_TRIM_THRESHOLD_=65536 so that freed
-# memory goes back to the OS at once.  Any explicit threshold also switches off glibc's
-# dynamic mmap threshold, so every allocation over 128 KiB becomes an mmap/munmap pair
-# whose pages are faulted in again on each use: ANTs SyN, which allocates its images
-# anew each iteration, ran 10% slower for it, conversion and warp tasks 20-30%
-# (benchmarks/overhead.py).  Workers get glibc's defaults instead, with two malloc
-# arenas: glibc keeps up to 64 MiB of free memory at the top of each thread arena
-# (which malloc_trim does not return), and with one arena per thread, as zarr's,
-# Blosc's and ITK's threads would otherwise create, a worker held 0.3 GiB more between
-# tasks.  Tasks return the rest when they end (tasks/memory.py).
-NANNY_ENVIRON = {"MALLOC_TRIM_THRESHOLD_": None, "MALLOC_ARENA_MAX": 2}
-
-
-@contextmanager
-def _worker_malloc_settings() -> Iterator[None]:
-    """Worker processes started here, by a nanny in this process (LocalCluster) or by a
-    batch job that inherits this environment (dask-jobqueue), get NANNY_ENVIRON.  A
-    variable set in the environment (MALLOC_ARENA_MAX=8) or a nanny environment the user
-    configured (DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON) wins."""
-    import dask.config
-
-    key = "DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON"
-    if key in os.environ:
-        yield
-        return
-    os.environ[key] = repr(NANNY_ENVIRON)
-    try:
-        with dask.config.set({f"distributed.nanny.pre-spawn-environ.{name}": value for name, value in NANNY_ENVIRON.items()}):
-            yield
-    finally:
-        os.environ.pop(key, None)
 
 
 @contextmanager

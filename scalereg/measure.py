@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import threading
 import time
 from types import TracebackType
@@ -12,9 +11,8 @@ import psutil
 
 
 def _load_malloc_trim():
-    name = ctypes.util.find_library("c")
     try:
-        return ctypes.CDLL(name).malloc_trim if name else None
+        return ctypes.CDLL("libc.so.6").malloc_trim
     except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
         return None
 
@@ -23,8 +21,7 @@ _malloc_trim = _load_malloc_trim()
 
 
 def release_free_memory() -> None:
-    """Hand memory this process has freed back to the system: glibc keeps it for reuse
-    otherwise (the free pages of its main arena, and within the other arenas)."""
+    """Hand memory this process has freed back to the system (glibc keeps it otherwise)."""
     if _malloc_trim is not None:
         _malloc_trim(0)
 

@@ -12,7 +12,6 @@ from scalereg.convert import ConversionPlan
 from scalereg.convert.run_block import run_blocks
 from tasks.deadline import block_deadline, deadline
 from tasks.failures import fail_on_input_error, retry_transient
-from tasks.memory import gives_memory_back
 
 
 @task(
@@ -24,7 +23,6 @@ from tasks.memory import gives_memory_back
     cache_policy=NO_CACHE,  # completion markers, not Prefect's cache, decide what is done
 )
 @fail_on_input_error
-@gives_memory_back
 def convert_blocks(plan: ConversionPlan, level: int, blocks: list[Block], block_label: str = "") -> list[dict[str, Any]]:
     """Write a batch of blocks of one level (copy from the source, or downsample the
     level below); each block has its own completion marker, so a retry or a re-run

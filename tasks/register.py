@@ -9,7 +9,6 @@ from prefect.cache_policies import NO_CACHE
 
 from scalereg.register.register_pyramids import RegistrationRun
 from tasks.failures import fail_on_input_error, retry_transient
-from tasks.memory import gives_memory_back
 
 @task(
     name="register-step",
@@ -20,7 +19,6 @@ from tasks.memory import gives_memory_back
     cache_policy=NO_CACHE,  # the step's own record (result.json with the inputs' key) decides reuse
 )
 @fail_on_input_error
-@gives_memory_back
 def register_step(run: RegistrationRun, index: int, label: str = "") -> dict[str, Any]:
     """Run registration step ``index`` (antsRegistration on one pyramid level of fixed and
     moving) from the transforms the earlier steps recorded; reused if already done."""
@@ -29,7 +27,6 @@ def register_step(run: RegistrationRun, index: int, label: str = "") -> dict[str
 
 @task(name="finish-registration", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
 @fail_on_input_error
-@gives_memory_back
 def finish_registration(run: RegistrationRun) -> dict[str, Any]:
     """Compose the steps' transforms, write the OME-Zarr fields and the manifest (last)."""
     return run.finish()

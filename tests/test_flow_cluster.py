@@ -48,36 +48,6 @@ def _source(tmp_path, shape=(48, 64, 64)):
     return volume, str(raw)
 
 
-def _malloc_environment() -> dict[str, str | None]:
-    import os
-
-    return {key: os.environ.get(key) for key in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX")}
-
-
-def test_workers_get_glibc_malloc_defaults_with_two_arenas_for_the_clusters_life(prefect_server, monkeypatch):
-    """Not the nanny's MALLOC_TRIM_THRESHOLD_=65536 (it made SyN 10% slower: see
-    flows/cluster.py); the setting lasts as long as the cluster, and a user's own wins."""
-    import os
-
-    import dask
-    from distributed import Client
-
-    from flows.cluster import dask_cluster
-
-    for key in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX", "DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON"):
-        monkeypatch.delenv(key, raising=False)
-    with dask_cluster(None) as address, Client(address) as client:
-        seen = client.run(_malloc_environment)
-        assert "DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON" in os.environ  # for batch jobs submitted meanwhile
-    assert len(seen) >= 1 and all(env == {"MALLOC_TRIM_THRESHOLD_": None, "MALLOC_ARENA_MAX": "2"} for env in seen.values()), seen
-    assert "DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON" not in os.environ
-    assert dask.config.get("distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_") == 65536  # restored
-
-    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
-    with dask_cluster(None) as address, Client(address) as client:
-        assert {env["MALLOC_ARENA_MAX"] for env in client.run(_malloc_environment).values()} == {"4"}
-
-
 def test_auto_budgets_follow_the_workers_memory():
     small = ClusterCapacity(threads=4, memory_per_task=parse_bytes("1GiB"))
     assert parse_bytes(small.memory_budget(AUTO, "registration")) == parse_bytes("768MiB")
