@@ -104,6 +104,24 @@ def start_server(workdir: Path, env: dict[str, str]) -> subprocess.Popen:
     raise SystemExit(f"the Prefect server did not start; see {workdir / 'prefect-server.log'}")
 
 
+def streamed_ncc(reference, other, slab: int = 128) -> tuple[float, float]:
+    """NCC and largest absolute difference of two equally shaped arrays (zarr or
+    numpy), read ``slab`` planes at a time."""
+    import numpy as np
+
+    sums = np.zeros(5)
+    worst = 0.0
+    for z in range(0, reference.shape[0], slab):
+        a = reference[z : z + slab].astype(np.float64).ravel()
+        b = other[z : z + slab].astype(np.float64).ravel()
+        sums += [a.sum(), b.sum(), (a * a).sum(), (b * b).sum(), (a * b).sum()]
+        worst = max(worst, float(np.abs(a - b).max()))
+    n = reference.size
+    cov = sums[4] / n - sums[0] * sums[1] / n**2
+    var = (sums[2] / n - (sums[0] / n) ** 2) * (sums[3] / n - (sums[1] / n) ** 2)
+    return float(cov / np.sqrt(var)), worst
+
+
 def upsampled_sample_mouse(zoom: float):
     """The sample mouse brain (50 um) and the same brain upsampled ``zoom`` times per
     axis (trilinear, float32), with the upsampled spacing and the sample's record."""

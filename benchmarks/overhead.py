@@ -40,7 +40,7 @@ import sys
 import time
 from pathlib import Path
 
-from _shared import GIB, measure, start_server, upsampled_sample_mouse
+from _shared import GIB, measure, start_server, streamed_ncc, upsampled_sample_mouse
 
 HERE = Path(__file__).resolve().parent
 WORKERS = 2
@@ -157,23 +157,10 @@ def _tree_cpu(pid: int) -> float:
 
 def compare(workdir: Path, rows: list[str]) -> dict:
     """NCC of each row's warped level 0 with the fixed volume (all rows should agree)."""
-    import numpy as np
     import zarr
 
     fixed = zarr.open_array(str(workdir / "fixed.zarr"))
-    scores = {}
-    for row in rows:
-        warped = zarr.open_array(str(workdir / f"out-{row}" / "warped.ome.zarr" / "0"))
-        sums = np.zeros(5)
-        for z in range(0, fixed.shape[0], CHUNK):
-            a = fixed[z : z + CHUNK].astype(np.float64).ravel()
-            b = warped[z : z + CHUNK].astype(np.float64).ravel()
-            sums += [a.sum(), b.sum(), (a * a).sum(), (b * b).sum(), (a * b).sum()]
-        n = fixed.size
-        cov = sums[4] / n - sums[0] * sums[1] / n**2
-        var = (sums[2] / n - (sums[0] / n) ** 2) * (sums[3] / n - (sums[1] / n) ** 2)
-        scores[row] = float(cov / np.sqrt(var))
-    return scores
+    return {row: streamed_ncc(fixed, zarr.open_array(str(workdir / f"out-{row}" / "warped.ome.zarr" / "0")), CHUNK)[0] for row in rows}
 
 
 def flow_stage_seconds(api_url: str) -> dict[str, float]:

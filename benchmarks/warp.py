@@ -42,7 +42,7 @@ import sys
 import time
 from pathlib import Path
 
-from _shared import GIB, measure, start_server, upsampled_sample_mouse
+from _shared import GIB, measure, start_server, streamed_ncc, upsampled_sample_mouse
 
 HERE = Path(__file__).resolve().parent
 WORKERS = 2
@@ -110,27 +110,17 @@ def child_ants(workdir: Path, single: bool) -> None:
 
 def compare(workdir: Path) -> None:
     """NCC and max |difference| of each scalereg output's level 0 against ANTs'."""
-    import numpy as np
     import zarr
 
     reference = zarr.open_array(str(workdir / "out-ants-single.zarr"))
+    value_range = float(reference[:].max())
     results = {}
     for row in ("scalereg-flow", "scalereg-flow-server", "scalereg-core", "ants"):
         path = workdir / (f"out-{row}.ome.zarr/0" if row.startswith("scalereg") else "out-ants.zarr")
         if not path.exists():
             continue
-        other = zarr.open_array(str(path))
-        sums = np.zeros(5)
-        worst = 0.0
-        for z in range(0, reference.shape[0], CHUNK):
-            a = reference[z : z + CHUNK].astype(np.float64).ravel()
-            b = other[z : z + CHUNK].astype(np.float64).ravel()
-            sums += [a.sum(), b.sum(), (a * a).sum(), (b * b).sum(), (a * b).sum()]
-            worst = max(worst, float(np.abs(a - b).max()))
-        n = reference.size
-        cov = sums[4] / n - sums[0] * sums[1] / n**2
-        var = (sums[2] / n - (sums[0] / n) ** 2) * (sums[3] / n - (sums[1] / n) ** 2)
-        results[row] = {"ncc": cov / np.sqrt(var), "max_abs_diff": worst, "range": float(reference[:].max())}
+        ncc, worst = streamed_ncc(reference, zarr.open_array(str(path)), CHUNK)
+        results[row] = {"ncc": ncc, "max_abs_diff": worst, "range": value_range}
     (workdir / "compare.json").write_text(json.dumps(results, indent=2))
 
 
