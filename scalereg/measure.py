@@ -2,28 +2,11 @@
 
 from __future__ import annotations
 
-import ctypes
 import threading
 import time
 from types import TracebackType
 
 import psutil
-
-
-def _load_malloc_trim():
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
-        return None
-
-
-_malloc_trim = _load_malloc_trim()
-
-
-def release_free_memory() -> None:
-    """Hand memory this process has freed back to the system (glibc keeps it otherwise)."""
-    if _malloc_trim is not None:
-        _malloc_trim(0)
 
 
 class Measured:

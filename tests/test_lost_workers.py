@@ -20,14 +20,15 @@ pytestmark = pytest.mark.integration
 
 
 class WorkerKiller:
-    """Watches a condition in a thread; when it holds, SIGKILLs the worker process that
-    is running a task at that moment (the nanny starts a new one, Dask reschedules)."""
+    """Watches a condition in a thread; when it holds, kills the worker that is running a
+    task at that moment with ``kill(client, worker_address)`` (default: SIGKILL its
+    process; the nanny starts a new one, Dask reschedules) and records what it killed."""
 
-    def __init__(self, address: str, ready):
+    def __init__(self, address: str, ready, kill=None):
         from distributed import Client
 
         self.client = Client(address)
-        self.pids = self.client.run(os.getpid)  # worker address -> pid
+        self.kill = kill or sigkill_worker
         self.ready, self.killed = ready, []
         self.thread = threading.Thread(target=self._watch, daemon=True)
         self.thread.start()
@@ -38,14 +39,20 @@ class WorkerKiller:
             if self.ready():
                 busy = [worker for worker, keys in self.client.processing().items() if keys]
                 if busy:
-                    os.kill(self.pids[busy[0]], signal.SIGKILL)
-                    self.killed.append(self.pids[busy[0]])
+                    self.killed.append(self.kill(self.client, busy[0]))
                     return
             time.sleep(0.02)
 
     def close(self) -> None:
         self.thread.join(timeout=5)
         self.client.close()
+
+
+def sigkill_worker(client, worker: str) -> int:
+    """SIGKILL the worker process at ``worker``; returns its pid."""
+    pid = client.run(os.getpid, workers=[worker])[worker]
+    os.kill(pid, signal.SIGKILL)
+    return pid
 
 
 @pytest.fixture

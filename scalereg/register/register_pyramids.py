@@ -38,7 +38,8 @@ import zarr
 
 from scalereg import __version__
 from scalereg.errors import InputError
-from scalereg.measure import Measured, release_free_memory
+from scalereg.heap import heap_for_mid_size_allocations, release_free_memory
+from scalereg.measure import Measured
 from scalereg.omezarr.pyramid_layout import PyramidLayout
 from scalereg.omezarr.read_pyramid import level_fingerprint, read_pyramid
 from scalereg.omezarr.write_vector_field import write_vector_field
@@ -179,9 +180,10 @@ class RegistrationRun:
                 return saved["result"]
             masks = _MaskReader(*self.masks, storage_options=self.storage_options)
             local = {k: self._local(chain[k]) for k in ("warps", "inverse")}
-            result, state = _run_step(
-                planned, self.work, self._reader, masks, local["warps"], local["inverse"], self._local(chain["affine"]), self.layouts
-            )
+            with heap_for_mid_size_allocations():  # ANTs' images are mid-size: see scalereg.heap
+                result, state = _run_step(
+                    planned, self.work, self._reader, masks, local["warps"], local["inverse"], self._local(chain["affine"]), self.layouts
+                )
             self._publish_step(planned.name, {"inputs_key": self.inputs_key, "chain_key": chain["key"], "result": result, "state": state})
         return result
 
