@@ -138,6 +138,19 @@ def _shared_prefect_api() -> Iterator[None]:
             os.environ["PREFECT_API_URL"] = previous
 
 
+@contextmanager
+def subflows_without_heartbeats() -> Iterator[None]:
+    """Flow runs started inside send no heartbeats.  Prefect ends every flow run by
+    joining its heartbeat thread, which sleeps in one-second steps: up to a second
+    lost per flow run, five per register-brain run.  A subflow runs in its parent's
+    process, whose own heartbeats (sent by the thread started before this) already
+    tell the server that the process is alive."""
+    from prefect.settings import temporary_settings
+
+    with temporary_settings(updates={"flows.heartbeat_frequency": None}):
+        yield
+
+
 def runner_for(address: str) -> DaskTaskRunner:
     """A task runner that submits to the running cluster at ``address``."""
     return DaskTaskRunner(address=address)
@@ -207,20 +220,22 @@ def cluster_capacity(address: str) -> ClusterCapacity:
 
 def run_stage_on_cluster(inner_flow: Any, cluster: str | None, stage: str, parameters: dict[str, Any], output: str, tasks_per_level: bool = True) -> Any:
     """What a stage flow run alone does around its inner flow: confine the output
-    parameter ``output``, start the cluster, size ``memory_budget`` (and, for pyramid
-    writers, the batches) from its workers, run ``inner_flow`` on it, and return its
-    result or its failure (bad input as one line)."""
+    parameter ``output`` and take its lock (held until the end), start the cluster,
+    size ``memory_budget`` (and, for pyramid writers, the batches) from its workers,
+    run ``inner_flow`` on it, and return its result or its failure (bad input, or an
+    output another run is writing, as one line)."""
     from prefect.states import Failed
 
-    from flows.outputs import checked_output
+    from flows.outputs import checked_output, lock_outputs
     from scalereg.errors import BAD_INPUT_STATE
 
     parameters = dict(parameters)
     try:
         parameters[output] = checked_output(parameters[output])
+        locks = lock_outputs(parameters[output])  # before the cluster: a refused run costs nothing
     except InputError as error:
         return Failed(name=BAD_INPUT_STATE, message=str(error))
-    with dask_cluster(cluster) as address:
+    with locks, dask_cluster(cluster) as address:
         capacity = cluster_capacity(address)
         try:
             parameters["memory_budget"] = capacity.memory_budget(parameters["memory_budget"], stage)
@@ -228,7 +243,8 @@ def run_stage_on_cluster(inner_flow: Any, cluster: str | None, stage: str, param
             return Failed(name=BAD_INPUT_STATE, message=str(error))
         if tasks_per_level:
             parameters["tasks_per_level"] = 4 * capacity.threads
-        state = inner_flow.with_options(task_runner=runner_for(address))(**parameters, return_state=True)
+        with subflows_without_heartbeats():
+            state = inner_flow.with_options(task_runner=runner_for(address))(**parameters, return_state=True)
     if state.is_failed():
         return Failed(name=state.name, message=state.message)
     return state.result()

@@ -24,9 +24,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed, Failed, State
 
 from flows.aws_credentials import environment, read_aws_credentials
-from flows.cluster import AUTO, cluster_capacity, dask_cluster, runner_for
+from flows.cluster import AUTO, cluster_capacity, dask_cluster, runner_for, subflows_without_heartbeats
 from flows.convert_volume import convert_volume_blocks
-from flows.outputs import checked_output
+from flows.outputs import checked_output, lock_outputs
 from flows.parameters import Chunks, Cluster, ImageSource, Output, RegistrationOptions, WarpOptions
 from flows.register_volume import register_volume_steps
 from flows.warp_volume import warp_volume_tiles
@@ -73,11 +73,14 @@ def register_brain(
     try:
         out = checked_output(out)  # under the output roots, never a bucket's root
         credentials = read_aws_credentials(aws_credentials_block)
+        with environment(credentials):  # the locks may be in a bucket only the block opens
+            # the directory and every stage output in it: a stage flow run alone on one is refused too
+            locks = lock_outputs(out, *(join(out, name) for name in ("fixed.ome.zarr", "moving.ome.zarr", "transform", "warped.ome.zarr")))
     except InputError as error:
         return Failed(name=BAD_INPUT, message=str(error))
     stages: list[dict[str, Any]] = []
     # the cluster starts inside: its workers inherit the block's credentials
-    with environment(credentials), dask_cluster(cluster) as address:
+    with environment(credentials), locks, dask_cluster(cluster) as address, subflows_without_heartbeats():
         runner = runner_for(address)
         capacity = cluster_capacity(address)
         tasks_per_level = 4 * capacity.threads

@@ -115,7 +115,9 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(run=_info)
 
-    validate = commands.add_parser("validate", help="validate an OME-Zarr image (NGFF spec and level consistency)")
+    validate = commands.add_parser(
+        "validate", help="validate an OME-Zarr image (NGFF spec, level consistency, checksums) or a transform directory (checksums)"
+    )
     validate.add_argument("path")
     validate.set_defaults(run=_validate)
 
@@ -205,10 +207,14 @@ def _print_plan(plan: Any) -> None:
 
 def _register(args: argparse.Namespace) -> int:
     from scalereg.omezarr import read_pyramid
+    from scalereg.output_lock import OutputLock
+    from scalereg.output_roots import confine_output
     from scalereg.register import load_schedule, plan_registration, register_pyramids
     from scalereg.units import parse_bytes
 
     fixed, moving = _path_or_uri(args.fixed), _path_or_uri(args.moving)
+    # this command writes without a flow: confine its output here (when roots are set)
+    confine_output(_path_or_uri(args.out), subject="--out")
     plan = plan_registration(read_pyramid(fixed), read_pyramid(moving), load_schedule(args.schedule), parse_bytes(args.memory_budget), fixed, moving)
     print(f"schedule {plan.schedule.name}: {len(plan.steps)} steps, memory budget {args.memory_budget}")
     for row in plan.summary():
@@ -218,18 +224,19 @@ def _register(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
 
-    manifest = register_pyramids(
-        fixed,
-        moving,
-        args.out,
-        schedule=args.schedule,
-        memory_budget=args.memory_budget,
-        fixed_mask=args.fixed_mask,
-        moving_mask=args.moving_mask,
-        normalize=args.normalize,
-        overwrite=args.overwrite,
-        on_step=_print_step,
-    )
+    with OutputLock(args.out, run="scalereg register"):  # this command writes without a flow: lock here
+        manifest = register_pyramids(
+            fixed,
+            moving,
+            args.out,
+            schedule=args.schedule,
+            memory_budget=args.memory_budget,
+            fixed_mask=args.fixed_mask,
+            moving_mask=args.moving_mask,
+            normalize=args.normalize,
+            overwrite=args.overwrite,
+            on_step=_print_step,
+        )
     print(f"wrote {os.path.abspath(args.out)}: forward {manifest['outputs']['forward']}")
     return 0
 
@@ -390,8 +397,11 @@ def _info(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     from scalereg.omezarr import validate_pyramid
+    from scalereg.transforms.transform_checksums import has_transform_manifest, validate_transform_directory
 
-    problems = validate_pyramid(_path_or_uri(args.path))
+    path = _path_or_uri(args.path)
+    # a transform directory (its manifest.json) or an OME-Zarr image
+    problems = validate_transform_directory(path) if has_transform_manifest(path) else validate_pyramid(path)
     if problems:
         for problem in problems:
             print(f"{args.path}: {problem}")

@@ -128,6 +128,18 @@ def join(uri: str, *parts: str) -> str:
     return "/".join([uri.rstrip("/"), *[p.strip("/") for p in parts]])
 
 
+def lies_inside(uri: str, container: str) -> bool:
+    """Whether ``uri`` is ``container`` or lies under it (local paths resolved first:
+    ``..`` and symlinks; URIs compared as they are)."""
+    if is_remote(str(uri)) != is_remote(str(container)):
+        return False
+    if is_remote(str(uri)):
+        a, b = str(uri).rstrip("/"), str(container).rstrip("/")
+    else:
+        a, b = os.path.realpath(normalize_uri(uri)), os.path.realpath(normalize_uri(container))
+    return a == b or a.startswith(b.rstrip("/") + "/")
+
+
 def exists(uri: str, storage_options: dict[str, Any] | None = None) -> bool:
     fs, path = filesystem(uri, storage_options)
     return fs.exists(path)

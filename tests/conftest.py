@@ -26,6 +26,27 @@ def phantom(shape: tuple[int, int, int], dtype: str = "uint16", seed: int = 0) -
     return volume.astype(dtype)
 
 
+def write_bad_sources(root) -> dict:
+    """Source files that conversion must refuse (and a good TIFF and NIfTI to compare
+    with), written under ``root``; keyed by file name."""
+    import nibabel as nib
+    import tifffile
+
+    volume = phantom((20, 24, 28), "uint16")
+    paths = {name: root / name for name in ("stack.tif", "brain.nii.gz", "truncated.nii.gz", "garbage.nii", "flat.tif", "4d.nii.gz", "slices")}
+    tifffile.imwrite(paths["stack.tif"], volume)
+    nib.save(nib.Nifti1Image(volume.transpose(2, 1, 0), np.diag([0.05, 0.05, 0.05, 1])), paths["brain.nii.gz"])
+    whole = paths["brain.nii.gz"].read_bytes()
+    paths["truncated.nii.gz"].write_bytes(whole[: len(whole) // 2])
+    paths["garbage.nii"].write_bytes(b"this is not a nifti file" * 20)
+    tifffile.imwrite(paths["flat.tif"], volume[0])
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6, 3), np.uint8), np.eye(4)), paths["4d.nii.gz"])
+    paths["slices"].mkdir()
+    tifffile.imwrite(paths["slices"] / "z_0.tif", volume[0])
+    tifffile.imwrite(paths["slices"] / "z_1.tif", volume[1, :10])  # slices of different shapes
+    return paths
+
+
 def label_phantom(shape: tuple[int, int, int], labels: int = 5, seed: int = 1) -> np.ndarray:
     """Nested label regions with values that are not contiguous (0, 7, 14, ...)."""
     rng = np.random.default_rng(seed)

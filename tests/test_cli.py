@@ -7,39 +7,21 @@ import os
 import subprocess
 import sys
 
-import nibabel as nib
 import numpy as np
 import pytest
-import tifffile
 import zarr
 
-from conftest import phantom
+from conftest import phantom, write_bad_sources
 from scalereg.cli import main
 
 
 @pytest.fixture
 def files(tmp_path):
-    volume = phantom((20, 24, 28), "uint16")
-    paths = {}
-    paths["tif"] = tmp_path / "stack.tif"
-    tifffile.imwrite(paths["tif"], volume)
-    paths["nii"] = tmp_path / "brain.nii.gz"
-    nib.save(nib.Nifti1Image(volume.transpose(2, 1, 0), np.diag([0.05, 0.05, 0.05, 1])), paths["nii"])
-    truncated = paths["nii"].read_bytes()
-    paths["truncated"] = tmp_path / "truncated.nii.gz"
-    paths["truncated"].write_bytes(truncated[: len(truncated) // 2])
-    paths["garbage"] = tmp_path / "garbage.nii"
-    paths["garbage"].write_bytes(b"this is not a nifti file" * 20)
-    paths["flat"] = tmp_path / "flat.tif"
-    tifffile.imwrite(paths["flat"], volume[0])
-    paths["4d"] = tmp_path / "4d.nii.gz"
-    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6, 3), np.uint8), np.eye(4)), paths["4d"])
+    written = write_bad_sources(tmp_path)
+    names = {"tif": "stack.tif", "nii": "brain.nii.gz", "truncated": "truncated.nii.gz", "garbage": "garbage.nii", "flat": "flat.tif", "4d": "4d.nii.gz", "mixed": "slices"}
+    paths = {key: written[name] for key, name in names.items()}
     paths["empty"] = tmp_path / "empty.zarr"
     zarr.create_array(str(paths["empty"]), shape=(0, 4, 4), dtype="uint8")
-    paths["mixed"] = tmp_path / "mixed"
-    paths["mixed"].mkdir()
-    tifffile.imwrite(paths["mixed"] / "z_0.tif", volume[0])
-    tifffile.imwrite(paths["mixed"] / "z_1.tif", volume[1, :10])
     paths["existing"] = tmp_path / "existing.ome.zarr"
     paths["existing"].mkdir()
     return paths
@@ -61,7 +43,7 @@ CASES = {
     "unknown unit": (lambda p, o: ["convert", str(p["nii"]), o, "--unit", "parsec"], "unknown unit", "unit"),
     "existing output": (lambda p, o: ["convert", str(p["nii"]), str(p["existing"])], "already exists", "existing.ome.zarr"),
     "glob matches nothing": (lambda p, o: ["convert", str(p["mixed"] / "nothing_*.tif"), o, "--spacing", "1", "1", "1"], "match", "nothing_"),
-    "slices of different shapes": (lambda p, o: ["convert", str(p["mixed"]), o, "--spacing", "1", "1", "1"], "differ", "mixed"),
+    "slices of different shapes": (lambda p, o: ["convert", str(p["mixed"]), o, "--spacing", "1", "1", "1"], "differ", "slices"),
     "missing file": (lambda p, o: ["convert", str(p["tif"]) + ".missing", o], "no such file", "missing"),
     "memory budget too small": (lambda p, o: ["convert", str(p["nii"]), o, "--memory-budget", "1KiB"], "too small", "memory-budget"),
     "bad memory budget": (lambda p, o: ["convert", str(p["nii"]), o, "--memory-budget", "lots"], "cannot read", "memory-budget"),

@@ -69,3 +69,94 @@ def test_a_removed_chunk_is_found(source, tmp_path):
     chunk.unlink()  # zarr reads a missing chunk as the fill value: only the checksum notices
     assert any(p.startswith("level 0: data differ") for p in validate_pyramid(str(out)))
     assert np.asarray(zarr.open_array(str(out / "0"))[:]).shape == (50, 90, 70)
+
+
+# ------------------------------------------------- transform directories and warped outputs
+
+SMALL_SCHEDULE = {
+    "name": "small",
+    "steps": [
+        {"spacing": 200, "transform": "rigid", "iterations": [50], "shrink_factors": [1], "smoothing_sigmas": [0]},
+        {"spacing": 100, "transform": "syn", "metric": "mattes", "iterations": [10], "shrink_factors": [1], "smoothing_sigmas": [0]},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory):
+    """A small registration with a SyN step (so the directory has fields), and the
+    moving image warped onto the fixed grid through it."""
+    from scalereg.register import register_pyramids
+    from scalereg.warp.warp_volume import warp_volume
+
+    tmp = tmp_path_factory.mktemp("integrity-transform")
+    cube = phantom((48, 48, 48), "uint16")
+    pyramids = {}
+    for name, volume in (("fixed", cube), ("moving", np.roll(cube, (2, -2, 1), axis=(0, 1, 2)))):
+        zarr.save_array(str(tmp / f"{name}.zarr"), volume)
+        pyramids[name] = str(tmp / f"{name}.ome.zarr")
+        convert_volume(str(tmp / f"{name}.zarr"), pyramids[name], spacing=(100.0, 100.0, 100.0), orientation="asr", chunks=16, min_size=8)
+    transform = tmp / "transform"
+    manifest = register_pyramids(pyramids["fixed"], pyramids["moving"], str(transform), schedule=SMALL_SCHEDULE)
+    warped = tmp / "warped.ome.zarr"
+    warp_volume(str(transform), pyramids["moving"], pyramids["fixed"], str(warped))
+    return {"tmp": tmp, "transform": transform, "manifest": manifest, "warped": warped}
+
+
+def _copy(path, tmp_path):
+    import shutil
+
+    return shutil.copytree(path, tmp_path / path.name)
+
+
+def test_a_transform_manifest_records_every_file_and_field(registered, capsys):
+    from scalereg.omezarr.level_checksums import compute_level_checksum as level_checksum
+    from scalereg.transforms.transform_checksums import file_checksum, validate_transform_directory
+
+    transform, manifest = registered["transform"], registered["manifest"]
+    checksums = manifest["checksums"]
+    assert {"forward/affine.mat", "forward/warp.nii.gz", "inverse/inverse_warp.nii.gz"} <= set(checksums["files"])
+    assert {step["picture"] for step in manifest["steps"]} <= set(checksums["files"])
+    for relative, checksum in checksums["files"].items():
+        assert checksum == file_checksum(str(transform / relative)), relative
+    assert set(checksums["fields"]) == {"field.ome.zarr", "inverse_field.ome.zarr"}
+    for name, levels in checksums["fields"].items():
+        # recorded from memory when written: the same as recomputed from the store
+        assert levels[0]["checksum"] == level_checksum(zarr.open_array(str(transform / name / "0"))), name
+    assert validate_transform_directory(str(transform)) == []
+    assert main(["validate", str(transform)]) == 0
+    assert "valid" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "tamper, named",
+    [
+        (lambda d: (d / "forward" / "affine.mat").write_bytes((d / "forward" / "affine.mat").read_bytes() + b"\0"), "forward/affine.mat: contents differ"),
+        (lambda d: (d / "inverse" / "inverse_warp.nii.gz").unlink(), "inverse/inverse_warp.nii.gz: missing"),
+        (lambda d: (d / "steps" / "01-rigid-200um" / "qc.png").write_bytes(b"not the picture"), "steps/01-rigid-200um/qc.png: contents differ"),
+        (lambda d: zarr.open_array(str(d / "field.ome.zarr" / "0"), mode="r+").__setitem__((0, 5, 5, 5), 12.5), "field.ome.zarr level 0: data differ"),
+    ],
+    ids=["affine", "missing-inverse-warp", "qc-picture", "field-voxel"],
+)
+def test_validate_names_a_transform_file_that_changed(registered, tmp_path, capsys, tamper, named):
+    transform = _copy(registered["transform"], tmp_path)
+    tamper(transform)
+    assert main(["validate", str(transform)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and named in lines[0] and lines[0].startswith(str(transform)), lines
+
+
+def test_warped_outputs_carry_level_checksums_that_validate_checks(registered, tmp_path, capsys):
+    warped = registered["warped"]
+    manifest = _manifest(warped)
+    assert manifest["source_identity"]["transform"] and manifest["levels"]
+    group = zarr.open_group(str(warped), mode="r")
+    for level in manifest["levels"]:
+        assert level["checksum"] == compute_level_checksum(group[level["path"]]), level["path"]
+    assert main(["validate", str(warped)]) == 0
+    capsys.readouterr()
+    changed = _copy(warped, tmp_path)
+    level0 = zarr.open_array(str(changed / "0"), mode="r+")
+    level0[10, 10, 10] = level0[10, 10, 10] + 1
+    assert main(["validate", str(changed)]) == 1
+    assert "level 0: data differ from the checksum in the manifest" in capsys.readouterr().out

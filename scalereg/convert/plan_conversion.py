@@ -19,7 +19,7 @@ from scalereg.omezarr.pyramid_layout import NgffVersion, PyramidLayout, pyramid_
 from scalereg.orientation import parse_orientation
 from scalereg.pyramid.downsample_block import bytes_per_output_voxel, input_halo, method_for
 from scalereg.pyramid.level_schedule import level_schedule
-from scalereg.storage import is_remote, output_uri
+from scalereg.storage import is_remote, lies_inside, output_uri
 from scalereg.units import format_bytes, parse_bytes
 
 DEFAULT_MEMORY_BUDGET = "256MiB"
@@ -128,10 +128,8 @@ def plan_conversion(
     """
     src = source if isinstance(source, Source) else open_source(str(source), storage_options=source_storage_options)
     output = output_uri(output)
-    if not is_remote(output) and not is_remote(src.uri):
-        source_path = os.path.abspath(src.uri)
-        if output == source_path or output.startswith(source_path.rstrip("/") + "/"):
-            raise InputError(output, "output lies inside the input; choose another output path")
+    if lies_inside(output, src.uri):
+        raise InputError(output, "output lies inside the input; choose another output path")
     if labels and np.issubdtype(src.dtype, np.floating):
         raise InputError(src.uri, f"a label image must have an integer type, not {src.dtype}")
     geometry = resolve_geometry(src, spacing, unit, orientation, origin)

@@ -54,15 +54,25 @@ def level_checksum(digests: dict[str, str], shape: Sequence[int], chunks: Sequen
 
 def compute_level_checksum(array: Any, read_bytes: int = 64 * 2**20) -> str:
     """Recompute a stored level's checksum, reading a row of up to ``read_bytes`` of
-    chunks at a time (memory bounded whatever the level's size)."""
+    chunks at a time (memory bounded whatever the level's size).  Any number of
+    dimensions (pyramid levels are 3D, displacement fields 4D: c, z, y, x)."""
     chunks = array.chunks
     per_chunk = math.prod(chunks) * array.dtype.itemsize
-    along_x = max(1, min(math.ceil(array.shape[2] / chunks[2]), read_bytes // per_chunk))
+    along_last = max(1, min(math.ceil(array.shape[-1] / chunks[-1]), read_bytes // per_chunk))
     digests: dict[str, str] = {}
-    for block in aligned_blocks(array.shape, (chunks[0], chunks[1], chunks[2] * along_x)):
-        digests.update(chunk_digests(chunks, block, array[block_slices(block)]))
+    for block in aligned_blocks(array.shape, (*chunks[:-1], chunks[-1] * along_last)):
+        digests.update(chunk_digests(chunks, block, array[block_slices(block)]))  # type: ignore[arg-type]
     checksum = level_checksum(digests, array.shape, chunks)
     assert checksum is not None  # every chunk was hashed
+    return checksum
+
+
+def array_checksum(data: np.ndarray, chunks: Sequence[int]) -> str:
+    """The checksum of a level whose voxels, chunked by ``chunks``, are all of ``data``
+    (in memory): what `compute_level_checksum` finds once it is written."""
+    whole = tuple((0, n) for n in data.shape)
+    checksum = level_checksum(chunk_digests(chunks, whole, data), data.shape, chunks)  # type: ignore[arg-type]
+    assert checksum is not None
     return checksum
 
 

@@ -16,6 +16,7 @@ from ome_zarr_models.v05.image import ImageAttrs
 from ome_zarr_models.v05.multiscales import Dataset, Multiscale
 
 from scalereg.geometry import UNITS_IN_MICROMETERS, Geometry
+from scalereg.omezarr.level_checksums import array_checksum
 from scalereg.omezarr.pyramid_layout import AXES
 from scalereg.orientation import orientation_to_rfc4
 from scalereg.storage import open_group
@@ -30,8 +31,10 @@ def write_vector_field(
     description: str,
     chunks: int = 64,
     storage_options: dict[str, Any] | None = None,
-) -> None:
-    """Write ``field`` (shape (3, z, y, x), LPS components in micrometers) on the grid ``geometry``."""
+) -> dict[str, Any]:
+    """Write ``field`` (shape (3, z, y, x), LPS components in micrometers) on the grid
+    ``geometry``; returns its level's record: path, shape and checksum (of what was
+    written, see `scalereg.omezarr.level_checksums`)."""
     if field.ndim != 4 or field.shape[0] != 3:
         raise ValueError(f"expected a (3, z, y, x) field, got {field.shape}")
     scale_um = UNITS_IN_MICROMETERS[geometry.unit]
@@ -47,7 +50,8 @@ def write_vector_field(
         dimension_names=["c", *AXES],
         fill_value=0.0,
     )
-    array[:] = field.astype(np.float32, copy=False)
+    values = field.astype(np.float32, copy=False)
+    array[:] = values
     orientation = orientation_to_rfc4(geometry.orientation) if geometry.orientation else [None] * 3
     axes = [Axis(name="c", type="channel")]
     for name, orient in zip(AXES, orientation):
@@ -65,3 +69,4 @@ def write_vector_field(
         "description": description,
     }
     group.attrs.update(attributes)
+    return {"path": "0", "shape": list(field.shape), "checksum": array_checksum(values, array.chunks)}

@@ -2,7 +2,8 @@
 
 The transform directory it writes (``out``)::
 
-    manifest.json                 written last: its presence means the directory is complete
+    manifest.json                 written last: its presence means the directory is complete; it
+                                  records the checksums of every file it lists (`scalereg validate`)
     forward/affine.mat            linear part, fixed -> moving points (ANTs format)
     forward/warp.nii.gz           all displacement fields composed, on the finest SyN step's fixed grid
     inverse/inverse_warp.nii.gz   their inverse, on the same grid
@@ -50,9 +51,11 @@ from scalereg.register.qc import foreground, jacobian_stats, qc_picture, similar
 from scalereg.register.run_ants_step import run_ants_step
 from scalereg.register.schedule import RegistrationSchedule, load_schedule
 from scalereg.local_cache import local_copy, scratch_dir
-from scalereg.storage import filesystem, is_remote, join, normalize_uri, open_array, output_uri, read_bytes, redact_uri, write_bytes
+from scalereg.storage import exists, filesystem, is_remote, join, lies_inside, normalize_uri, open_array, output_uri, read_bytes, redact_uri, write_bytes
 from scalereg.storage_errors import storage_errors
 from scalereg.transforms.grid import lps_bounds_um
+from scalereg.transforms.transform_checksums import ALGORITHMS as CHECKSUM_ALGORITHMS
+from scalereg.transforms.transform_checksums import file_checksum
 from scalereg.units import format_bytes, parse_bytes
 
 MANIFEST = "manifest.json"
@@ -121,11 +124,15 @@ class RegistrationRun:
     ) -> None:
         self.fixed, self.moving, self.root = normalize_uri(fixed), normalize_uri(moving), output_uri(out)
         self.storage_options = storage_options
+        for role, uri in (("fixed", self.fixed), ("moving", self.moving), ("fixed mask", fixed_mask), ("moving mask", moving_mask)):
+            if uri and lies_inside(self.root, uri):
+                raise InputError(self.root, f"output lies inside the {role} input {uri}; choose another output path")
         self.layouts = {"fixed": read_pyramid(self.fixed, storage_options), "moving": read_pyramid(self.moving, storage_options)}
         for name, layout in self.layouts.items():
             status = (layout.attributes.get("status") or {}).get("status")
             if status not in (None, "complete"):
                 raise InputError(self.fixed if name == "fixed" else self.moving, "pyramid is marked incomplete; finish its conversion first")
+            _check_content(self.fixed if name == "fixed" else self.moving, layout, storage_options)
         self.plan = plan_registration(self.layouts["fixed"], self.layouts["moving"], load_schedule(schedule), parse_bytes(memory_budget), self.fixed, self.moving)
         if not self.plan.steps:
             raise InputError("schedule", "no step of the schedule can run on these pyramids")
@@ -280,7 +287,7 @@ def _run_step(
 
     first = affine is None
     if first:
-        affine = _centre_of_mass_alignment(fixed_image, moving_image, str(workdir / "initial.mat"))
+        affine = _centre_of_mass_alignment(fixed_image, moving_image, str(workdir / "initial.mat"), reader.names)
     chain_in = [*chain_warps, affine]
     before = None
     if first:  # coarse and cheap: the overlap check and the "before" picture share it
@@ -367,19 +374,19 @@ def crop_to_tissue(image: "ants.ANTsImage", margin: float = 0.1) -> "ants.ANTsIm
     return ants.crop_indices(image, [int(v) for v in low], [int(v) for v in high])
 
 
-def _centre_of_mass_alignment(fixed: "ants.ANTsImage", moving: "ants.ANTsImage", path: str) -> str:
+def _centre_of_mass_alignment(fixed: "ants.ANTsImage", moving: "ants.ANTsImage", path: str, names: dict[str, str]) -> str:
     """A translation taking the fixed image's intensity centre onto the moving one's."""
-    offset = _centre_lps(moving) - _centre_lps(fixed)
+    offset = _centre_lps(moving, names["moving"]) - _centre_lps(fixed, names["fixed"])
     transform = ants.create_ants_transform(transform_type="AffineTransform", dimension=3, matrix=np.eye(3), offset=tuple(offset))
     ants.write_transform(transform, path)
     return path
 
 
-def _centre_lps(image: "ants.ANTsImage") -> np.ndarray:
+def _centre_lps(image: "ants.ANTsImage", name: str) -> np.ndarray:
     data = np.clip(image.numpy(), 0, None).astype(np.float64)
     total = data.sum()
     if total <= 0:
-        raise InputError("image", "is empty (no positive intensities): nothing to register")
+        raise InputError(name, "is empty at this step's level (no positive intensities): nothing to register")
     index = np.array([(data.sum(axis=tuple(a for a in range(3) if a != axis)) * np.arange(n)).sum() / total for axis, n in enumerate(data.shape)])
     direction = np.asarray(image.direction)
     return np.asarray(image.origin) + direction @ (np.asarray(image.spacing) * index)
@@ -451,6 +458,19 @@ class _MaskReader:
         return mask
 
 
+def _check_content(uri: str, layout: PyramidLayout, storage_options: dict[str, Any] | None) -> None:
+    """Refuse, before any step, an image nothing can be registered to: its coarsest
+    level (the smallest read) holds NaN/Inf or a single value (an empty volume)."""
+    level = layout.levels[-1]
+    with storage_errors(uri):
+        array = open_array(join(uri, level.path), storage_options=storage_options)[:]
+    if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+        raise InputError(uri, f"level {level.path} contains NaN/Inf voxels")
+    if array.size == 0 or array.min() == array.max():
+        value = f"{array.flat[0]:g}" if array.size else "missing"
+        raise InputError(uri, f"is empty: every voxel of its coarsest level ({level.path}) is {value}; nothing to register")
+
+
 def _inputs_key(fixed: str, moving: str, layouts: dict[str, PyramidLayout], plan: RegistrationPlan, *options: Any) -> str:
     identity = {
         "fixed": [fixed, [(l.path, l.shape, l.scale, l.translation) for l in layouts["fixed"].levels], layouts["fixed"].geometry.orientation],
@@ -497,15 +517,16 @@ def _finish(
         "inverse": ["forward/affine.mat"],
         "inverse_invert": [True],
     }
+    field_levels: dict[str, list[dict[str, Any]]] = {}  # each field's level records, with checksums
     if total_warp:
         files.update({"forward/warp.nii.gz": total_warp[0], "inverse/inverse_warp.nii.gz": total_warp[1]})
         last = next(r for r in reversed(results) if r["accepted"] and r["transform"] == "syn")
         for name, path in (("field.ome.zarr", total_warp[0]), ("inverse_field.ome.zarr", total_warp[1])):
             image = ants.image_read(path)  # on the SyN step's grid, cropped to the tissue
             field = from_ants_image(image)  # (z, y, x, 3)
-            write_vector_field(
+            field_levels[name] = [write_vector_field(
                 join(root, name), np.moveaxis(field, -1, 0), ants_image_geometry(image, name), f"{name}: see manifest.json 'mapping'", storage_options=options
-            )  # fmt: skip
+            )]  # fmt: skip
         outputs.update(
             warp="forward/warp.nii.gz",
             inverse_warp="inverse/inverse_warp.nii.gz",
@@ -558,9 +579,23 @@ def _finish(
         else:
             os.makedirs(os.path.join(root, os.path.dirname(relative)), exist_ok=True)
             shutil.copyfile(local, os.path.join(root, relative))
+    manifest["checksums"] = _checksums(root, options, files, results, field_levels)
     write_bytes(join(root, MANIFEST), json.dumps(manifest, indent=2).encode(), options)  # last write: the directory is complete
     return manifest
 
+
+def _checksums(
+    root: str, options: dict[str, Any] | None, files: dict[str, str], results: list[dict[str, Any]], field_levels: dict[str, list[dict[str, Any]]]
+) -> dict[str, Any]:
+    """What `scalereg validate` verifies (see `scalereg.transforms.transform_checksums`):
+    the SHA-256 of every file the manifest lists, from the local copies just uploaded
+    (the QC pictures from ``root``), and the fields' level checksums."""
+    checksums = {relative: file_checksum(local) for relative, local in files.items()}
+    for result in results:
+        picture = result.get("picture")
+        if picture and exists(join(root, picture), options):
+            checksums[picture] = file_checksum(join(root, picture), options)
+    return {"algorithm": dict(CHECKSUM_ALGORITHMS), "files": dict(sorted(checksums.items())), "fields": field_levels}
 
 
 def _image_record(uri: str, layout: PyramidLayout, fingerprints: dict[str, str]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from scalereg.errors import InputError
 from scalereg.geometry import UNITS_IN_MICROMETERS
 from scalereg.omezarr.pyramid_layout import PyramidLayout
 from scalereg.omezarr.read_pyramid import level_fingerprint, read_pyramid
-from scalereg.storage import join, normalize_uri, open_array
+from scalereg.storage import join, lies_inside, normalize_uri, open_array
 from scalereg.transforms.grid import GridMap, lps_bounds_um
 from scalereg.transforms.transform_chain import TransformChain, load_transform_chain
 from scalereg.units import parse_bytes
@@ -56,6 +56,7 @@ def plan_warp(
     pyramids have the same spacing).
     """
     moving, reference, output = normalize_uri(moving), normalize_uri(reference), normalize_uri(output)
+    _check_output_outside_inputs(output, {"moving": moving, "reference": reference, "transform": transform})
     if interpolation not in INTERPOLATIONS:
         raise InputError("--interpolation", f"{interpolation!r} is not one of {', '.join(INTERPOLATIONS)}")
     layouts = {"reference": read_pyramid(reference, storage_options), "moving": read_pyramid(moving, storage_options)}
@@ -123,6 +124,15 @@ def plan_warp(
         memory_budget=budget,
         storage_options=storage_options,
     )
+
+
+def _check_output_outside_inputs(output: str, inputs: dict[str, str | Sequence[str]]) -> None:
+    """Refuse an output inside one of the inputs (a pyramid, a transform directory):
+    writing it would change the input, and replacing it later would delete part of it."""
+    for role, given in inputs.items():
+        for uri in [given] if isinstance(given, str) else list(given):
+            if not uri.startswith(("[", "!")) and lies_inside(output, uri):  # "[file.mat,1]" and "!file.mat" are files
+                raise InputError(output, f"output lies inside the {role} input {uri}; choose another output path")
 
 
 def _matching_level(layout: PyramidLayout, reference_grid: GridMap) -> int:

@@ -1,0 +1,81 @@
+"""Checksums of a transform directory's files, recorded in its manifest and verified.
+
+`scalereg.register.register_pyramids` writes ``manifest.json`` last; it carries, under
+``checksums``, the SHA-256 of every file the manifest lists (the ANTs transforms of
+``outputs``, each step's QC picture) and the level checksums of the OME-Zarr
+displacement fields (`scalereg.omezarr.level_checksums`: over decoded values, so a
+change of codec is not a change).  `validate_transform_directory` (``scalereg validate
+DIR``) recomputes them and names every file that is missing or changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from scalereg.omezarr.level_checksums import ALGORITHM as LEVEL_ALGORITHM
+from scalereg.omezarr.level_checksums import compute_level_checksum
+from scalereg.storage import exists, filesystem, join, open_array
+
+MANIFEST = "manifest.json"
+FILE_ALGORITHM = "sha256 of the file's bytes"
+ALGORITHMS = {"files": FILE_ALGORITHM, "fields": LEVEL_ALGORITHM}
+READ_BYTES = 8 * 2**20
+
+
+def file_checksum(uri: str, storage_options: dict[str, Any] | None = None) -> str:
+    """``sha256:<hex>`` of the file (or object) at ``uri``, read in pieces."""
+    fs, path = filesystem(uri, storage_options)
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as handle:
+        while piece := handle.read(READ_BYTES):
+            digest.update(piece)
+    return "sha256:" + digest.hexdigest()
+
+
+def has_transform_manifest(uri: str, storage_options: dict[str, Any] | None = None) -> bool:
+    """Whether ``uri`` holds a transform directory's ``manifest.json``."""
+    try:
+        return exists(join(uri, MANIFEST), storage_options)
+    except (OSError, ValueError):
+        return False
+
+
+def validate_transform_directory(uri: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Problems found in the transform directory at ``uri`` (empty when every file its
+    manifest lists is there, unchanged)."""
+    fs, root = filesystem(uri, storage_options)
+    try:
+        manifest = json.loads(fs.cat_file(f"{root.rstrip('/')}/{MANIFEST}"))
+    except FileNotFoundError:
+        return [f"no {MANIFEST}: not a finished transform directory"]
+    except ValueError as error:
+        return [f"{MANIFEST} is unreadable ({error})"]
+    if not isinstance(manifest, dict) or manifest.get("kind") != "scalereg-transform":
+        return [f"{MANIFEST} is not a scalereg transform manifest"]
+    recorded = manifest.get("checksums")
+    if not recorded:
+        return [f"{MANIFEST} records no checksums (written by scalereg {manifest.get('scalereg_version', '?')}): nothing to verify"]
+    problems = []
+    for relative, checksum in sorted((recorded.get("files") or {}).items()):
+        try:
+            found = file_checksum(join(uri, relative), storage_options)
+        except FileNotFoundError:
+            problems.append(f"{relative}: missing (listed in the manifest)")
+            continue
+        if found != checksum:
+            problems.append(f"{relative}: contents differ from the checksum in the manifest (changed or corrupted since it was written)")
+    for name, levels in sorted((recorded.get("fields") or {}).items()):
+        for level in levels:
+            where = f"{name} level {level['path']}"
+            try:
+                array = open_array(join(uri, name, level["path"]), storage_options=storage_options)
+            except Exception as error:  # noqa: BLE001 - zarr says "not found" with its own classes
+                problems.append(f"{where}: missing or unreadable ({type(error).__name__}; listed in the manifest)")
+                continue
+            if list(array.shape) != level["shape"]:
+                problems.append(f"{where}: shape {list(array.shape)}, the manifest says {level['shape']}")
+            elif compute_level_checksum(array) != level["checksum"]:
+                problems.append(f"{where}: data differ from the checksum in the manifest (changed or corrupted since it was written)")
+    return problems
