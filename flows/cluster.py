@@ -16,7 +16,7 @@ from prefect_dask import DaskTaskRunner
 
 from scalereg.convert.plan_conversion import DEFAULT_MEMORY_BUDGET as DEFAULT_CONVERSION_BUDGET
 from scalereg.errors import InputError
-from scalereg.register.register_pyramids import DEFAULT_MEMORY_BUDGET as DEFAULT_REGISTRATION_BUDGET
+from scalereg.budgets import REGISTRATION_BUDGET as DEFAULT_REGISTRATION_BUDGET
 from scalereg.units import format_bytes, parse_bytes
 from scalereg.warp import DEFAULT_WARP_BUDGET
 

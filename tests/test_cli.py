@@ -133,6 +133,18 @@ def test_core_never_imports_prefect():
     assert result.returncode == 0, result.stderr
 
 
+def test_conversion_and_warp_never_load_ants():
+    """ANTs (ITK's libraries) costs ~0.2 GiB in every process that imports it: the
+    conversion and warp flows, their tasks and the CLI must not, in the driver or in a
+    worker (the pyramid benchmark's workers went from 0.43 to 0.62 GiB when they did)."""
+    code = (
+        "import sys, scalereg.cli, flows.cluster, flows.convert_volume, flows.warp_volume, tasks.convert\n"
+        "assert 'ants' not in sys.modules, 'ants imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
 def test_bad_voxels_found_mid_run_exit_2_without_traceback(tmp_path):
     volume = phantom((32, 32, 32), "float32")
     volume[25, 3, 4] = np.nan

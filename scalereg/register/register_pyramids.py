@@ -39,6 +39,7 @@ import zarr
 
 from scalereg import __version__
 from scalereg.errors import InputError
+from scalereg.budgets import REGISTRATION_BUDGET as DEFAULT_MEMORY_BUDGET
 from scalereg.heap import heap_for_mid_size_allocations, release_free_memory
 from scalereg.measure import Measured
 from scalereg.omezarr.pyramid_layout import PyramidLayout
@@ -59,7 +60,6 @@ from scalereg.transforms.transform_checksums import file_checksum
 from scalereg.units import format_bytes, parse_bytes
 
 MANIFEST = "manifest.json"
-DEFAULT_MEMORY_BUDGET = "8GiB"
 # A step is rejected when its own metric gets worse by more than this (relative).
 WORSE_TOLERANCE = 1e-4
 MIN_OVERLAP = 0.05
