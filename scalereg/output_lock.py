@@ -231,11 +231,12 @@ class _FileLock:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.created_directories: list[str] = []  # deepest first: removed again with the lock when empty
 
     def create(self, data: bytes) -> bytes | None:
         """Create the lock with its record whole: a hard link of a written file (fails
         if the lock exists, atomic also on NFS), else O_CREAT|O_EXCL then the record."""
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        self._make_parent()
         temporary = f"{self.path}.{uuid.uuid4().hex}"
         with open(temporary, "wb") as handle:
             handle.write(data)
@@ -314,7 +315,21 @@ class _FileLock:
             return False
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
+        for directory in self.created_directories:  # a run refused early leaves no empty output folder
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
         return True
+
+    def _make_parent(self) -> None:
+        """Create the lock's directory, remembering which directories were new."""
+        missing, directory = [], os.path.abspath(os.path.dirname(self.path) or ".")
+        while not os.path.isdir(directory) and os.path.dirname(directory) != directory:
+            missing.append(directory)
+            directory = os.path.dirname(directory)
+        for directory in reversed(missing):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(directory)
+                self.created_directories.insert(0, directory)
 
 
 class _ObjectLock:
