@@ -12,9 +12,8 @@ import pytest
 
 from conftest import QUICK_MOUSE_SCHEDULE
 from flows.cluster import dask_cluster
-from scalereg.convert.run_block import PROGRESS_DIR
 from test_flow_resume import _level_files
-from test_lost_workers import WorkerKiller, _transform_files
+from test_lost_workers import WorkerKiller, _transform_files, tiles_done, warp_parameters
 from test_slurm import _queued_jobs, _wait_until_gone, slurm_up  # noqa: F401 - slurm_up: autouse
 
 pytestmark = pytest.mark.integration
@@ -41,19 +40,12 @@ def slurm_cluster(monkeypatch):
 def test_slurm_job_cancelled_mid_warp(prefect_server, mouse_registration, slurm_cluster, tmp_path):
     from flows.warp_volume import warp_volume
 
-    common = {
-        "transform": [str(mouse_registration["transform"])],
-        "moving": str(mouse_registration["moving"]),
-        "reference": str(mouse_registration["fixed"]),
-        "memory_budget": "24MiB",  # 48 tiles of one chunk
-        "cluster": slurm_cluster,
-    }
+    common = warp_parameters(mouse_registration, cluster=slurm_cluster)
     undisturbed = tmp_path / "undisturbed.ome.zarr"
     warp_volume(**common, output=str(undisturbed))
 
     disturbed = tmp_path / "disturbed.ome.zarr"
-    markers = disturbed / PROGRESS_DIR / "level-0"
-    killer = WorkerKiller(slurm_cluster, lambda: markers.exists() and len(list(markers.iterdir())) >= 4, kill=scancel_job)
+    killer = WorkerKiller(slurm_cluster, tiles_done(disturbed, 4), kill=scancel_job)
     try:
         result = warp_volume(**common, output=str(disturbed))
     finally:

@@ -66,18 +66,29 @@ def cluster(monkeypatch):
         yield running.scheduler_address
 
 
-def test_worker_killed_mid_warp(prefect_server, mouse_registration, cluster, tmp_path):
-    from flows.warp_volume import warp_volume
-
-    common = {
+def warp_parameters(mouse_registration, **extra) -> dict:
+    """The warp the lost-worker tests disturb: 48 tiles of one chunk each."""
+    return {
         "transform": [str(mouse_registration["transform"])],
         "moving": str(mouse_registration["moving"]),
         "reference": str(mouse_registration["fixed"]),
-        "memory_budget": "24MiB",  # 48 tiles of one chunk
+        "memory_budget": "24MiB",
+        **extra,
     }
+
+
+def tiles_done(output: Path, count: int):
+    """A condition: ``count`` level-0 tiles of ``output`` are marked finished."""
+    markers = output / PROGRESS_DIR / "level-0"
+    return lambda: markers.exists() and len(list(markers.iterdir())) >= count
+
+
+def test_worker_killed_mid_warp(prefect_server, mouse_registration, cluster, tmp_path):
+    from flows.warp_volume import warp_volume
+
+    common = warp_parameters(mouse_registration)
     disturbed = tmp_path / "disturbed.ome.zarr"
-    markers = disturbed / PROGRESS_DIR / "level-0"
-    killer = WorkerKiller(cluster, lambda: markers.exists() and len(list(markers.iterdir())) >= 4)
+    killer = WorkerKiller(cluster, tiles_done(disturbed, 4))
     try:
         result = warp_volume(**common, output=str(disturbed), cluster=cluster)
     finally:
