@@ -326,8 +326,38 @@ def test_two_flow_runs_at_one_output_the_second_is_refused_the_first_completes(p
 # -- four runs with different outputs at once ----------------------------------------------
 
 
+def _hold_worker(gate: str) -> bool:
+    """Occupy this worker's one thread until the test opens ``gate``."""
+    from distributed import Event
+
+    return Event(gate).wait(timeout=300)
+
+
+def _wait_until_running(outputs: list[Path], runs: list[subprocess.Popen], timeout: float = 300) -> None:
+    """Wait until the block subflow (convert-volume-blocks) of each output is running on the
+    Prefect server: its tasks are then queued behind the held workers."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+
+    wanted = {str(output) for output in outputs}
+    running: set[str] = set()
+    end = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while running != wanted:
+            assert time.monotonic() < end, f"only {sorted(running)} of {sorted(wanted)} started in {timeout} s"
+            ended = [run.args[3] for run in runs if run.poll() is not None]
+            assert not ended, f"runs ended while the workers were held: {ended}"
+            flow_runs = client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=["convert-volume-blocks"])),
+                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))),
+            )
+            running = {run.parameters.get("output") for run in flow_runs} & wanted
+            time.sleep(0.5)
+
+
 def test_four_runs_with_different_outputs_at_once_on_one_server(prefect_server, tmp_path, monkeypatch):
-    from distributed import LocalCluster
+    from distributed import Client, Event, LocalCluster
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from prefect.settings import PREFECT_API_URL
@@ -343,7 +373,11 @@ def test_four_runs_with_different_outputs_at_once_on_one_server(prefect_server, 
     url = PREFECT_API_URL.value()
     monkeypatch.setenv("PREFECT_API_URL", url)  # the shared workers report task runs to the same server
     # one Dask cluster that all four runs use: their tasks share the same worker processes
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, Client(cluster) as gatekeeper:
+        # a gate: both workers are held until all four flow runs are running, so that their
+        # block tasks queue together and the runs overlap however late each process starts
+        gate = Event("four-runs-gate", client=gatekeeper)
+        held = [gatekeeper.submit(_hold_worker, "four-runs-gate", workers=[worker], pure=False) for worker in cluster.scheduler_info["workers"]]
         runs = [
             subprocess.Popen(
                 [SCALEREG, "convert", raw, str(output), "--spacing", *SPACING, "--chunks", "16", "--memory-budget", "256KiB",
@@ -352,6 +386,11 @@ def test_four_runs_with_different_outputs_at_once_on_one_server(prefect_server, 
             )  # fmt: skip
             for (_, raw), output in zip(sources, outputs)
         ]
+        try:
+            _wait_until_running(outputs, runs)
+        finally:
+            gate.set()
+        assert all(hold.result(timeout=60) for hold in held)  # the gate held both workers until then
         results = [run.communicate(timeout=600) for run in runs]
     assert [run.returncode for run in runs] == [0] * 4, [stderr[-2000:] for _, stderr in results]
 
@@ -379,8 +418,7 @@ def test_four_runs_with_different_outputs_at_once_on_one_server(prefect_server, 
             spans.append((run.start_time, run.end_time))
             table = next(a for a in artifacts if a.key == f"{name}-level-0")
             assert " x ".join(map(str, shape)) in str(table.data)
-    # they did run at once (how many overlap depends on how fast each process starts on
-    # a busy machine: a run that starts late may find the workers free and end in a second)
+    # they did run at once: every block subflow was running when the gate opened
     overlapping = [any(a < end and start < b for j, (a, b) in enumerate(spans) if j != i) for i, (start, end) in enumerate(spans)]
-    assert sum(overlapping) >= 2, f"no two runs wrote at the same time: {spans}"
+    assert all(overlapping), f"some run did not overlap another: {spans}"
     assert not list((tmp_path / "runs").glob("*.lock"))
