@@ -77,4 +77,4 @@ def array_checksum(data: np.ndarray, chunks: Sequence[int]) -> str:
 
 
 def _digest(voxels: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(voxels).tobytes()).hexdigest()
+    return hashlib.sha256(memoryview(np.ascontiguousarray(voxels)).cast("B")).hexdigest()  # no bytes copy

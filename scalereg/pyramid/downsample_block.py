@@ -10,7 +10,7 @@ import zarr
 
 from scalereg.blocks import Block
 from scalereg.omezarr.level_checksums import write_and_hash
-from scalereg.pyramid.methods import METHODS, gaussian_halo
+from scalereg.pyramid.methods import METHODS, downsample_gaussian, gaussian_halo
 
 
 def method_for(labels: bool) -> str:
@@ -25,9 +25,12 @@ def bytes_per_output_voxel(itemsize: int, factors: tuple[int, ...], method: str)
     """Estimated peak bytes per output voxel of `downsample_block` (for block sizing).
 
     Gaussian: the input footprint (prod(factors) voxels per output voxel) in its own
-    dtype, plus the first axis' float32 result and one float32 term of the same size
-    (half the footprint each, for factor 2); later axes work on less.  Mode: the
-    grouped copy, its sorted copy and uint8 counts.
+    dtype, and 4 bytes per footprint voxel for zarr's chunk buffers while it is read
+    and the result written (the filter itself works in cache-sized slabs).  For fused
+    uint16 level-0 blocks this gives 8.25 bytes per block voxel; measured 3.4-7.3 for
+    blocks of 256^3 to 256 x 512 x 680 voxels (`python benchmarks/block_memory.py`;
+    the whole-block float32 filter it replaced took 9.2-12.1, over this estimate).
+    Mode: the grouped copy, its sorted copy and uint8 counts.
     """
     footprint = math.prod(factors)
     if method == "gaussian":
@@ -49,7 +52,10 @@ def footprint(
 
 
 def downsample_region(region: np.ndarray, pad: list[tuple[int, int]], factors: tuple[int, ...], method: str, dtype: np.dtype) -> np.ndarray:
-    """Downsample a region read by `footprint`, padding it at the volume boundary first."""
+    """Downsample a region read by `footprint`, edge-padded by ``pad`` at the volume boundary
+    (the Gaussian clamps its indices instead of copying the region)."""
+    if method == "gaussian":
+        return downsample_gaussian(region, tuple(factors), input_halo(method, factors), dtype, pad)
     if any(p != (0, 0) for p in pad):
         region = np.pad(region, pad, mode="edge")
     return METHODS[method](region, tuple(factors), input_halo(method, factors), dtype)
