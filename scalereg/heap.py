@@ -3,13 +3,16 @@
 Dask's nanny starts every worker with ``MALLOC_TRIM_THRESHOLD_=65536`` (freed memory
 goes back to the system at once), and any explicit malloc setting switches off
 glibc's adaptive mmap threshold: every allocation over 128 KiB is then mapped afresh
-(mmap, a page fault per 4 KiB, munmap).  Block tasks are fine with that: their large
-arrays are mapped anyway, and the setting keeps their workers small.  ANTs is not:
-SyN allocates and frees images of a few MiB every iteration, and one step of
-benchmarks/overhead.py took 77.8 s in a worker against 70.4 s in a plain process.
-`heap_for_mid_size_allocations` serves such allocations from the heap and keeps them
-there for the duration of a step, then restores the process's settings and returns
-the freed heap.
+(mmap, a page fault per 4 KiB, munmap).  Work that allocates and frees buffers of a
+few MiB over and over pays for that: SyN's images (one step of benchmarks/overhead.py
+took 77.8 s in a worker against 70.4 s in a plain process) and a block task's zarr
+chunk buffers (the overhead benchmark's fixed-image conversion: 7.8-8.2 s on two
+workers against 4.6-4.9 s in a process pool).  `heap_for_mid_size_allocations`
+serves such allocations from the heap and keeps them there for the duration of a step
+or a task, then restores the process's settings and returns the freed heap.  Each
+thread's heap (arena) keeps what it frees, so `share_malloc_arenas` makes the threads
+a worker starts (zarr's codec threads) share a few: the conversion above peaked at
+0.48-0.57 GiB per worker with an arena per thread, 0.37-0.39 GiB with two.
 Elsewhere than glibc these are no-ops.
 """
 
@@ -20,7 +23,7 @@ import os
 from contextlib import contextmanager
 from typing import Iterator
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8  # mallopt parameters (malloc.h)
 GLIBC_DEFAULT_MMAP_THRESHOLD = 128 * 1024
 GLIBC_DEFAULT_TRIM_THRESHOLD = 128 * 1024
 # glibc's adaptive threshold grows up to this (DEFAULT_MMAP_THRESHOLD_MAX, 64-bit)
@@ -63,6 +66,16 @@ def _integer(variable: str, default: int) -> int:
         return int(os.environ.get(variable, default))
     except ValueError:  # glibc ignores what it cannot parse
         return default
+
+
+def share_malloc_arenas(limit: int) -> None:
+    """Threads that start from now on share at most ``limit`` malloc arenas (the main
+    thread's included) instead of getting one each, in a process whose malloc
+    thresholds are fixed (a Dask worker; elsewhere a no-op).  glibc fixes the limit the
+    next time it needs a new arena, for the rest of the process, and not at all if the
+    process already had more than 8: call it early, in a process you own."""
+    if _libc is not None and _fixed_thresholds() is not None:
+        _libc.mallopt(M_ARENA_MAX, max(1, limit))
 
 
 @contextmanager

@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from scalereg.blocks import Block
 from scalereg.convert import ConversionPlan
 from scalereg.convert.run_block import run_blocks
+from scalereg.heap import share_malloc_arenas
 from tasks.deadline import block_deadline, deadline
 from tasks.failures import fail_on_input_error, retry_transient
 
@@ -28,7 +29,18 @@ def convert_blocks(plan: ConversionPlan, level: int, blocks: list[Block], block_
     level below); each block has its own completion marker, so a retry or a re-run
     redoes only the blocks that did not finish.  A batch that hangs (stuck storage) is
     stopped at its deadline and retried."""
+    share_malloc_arenas(_worker_threads() + 1)  # see scalereg.heap: codec threads share the task threads' heaps
     with deadline(block_deadline(len(blocks)), f"level {level} blocks {block_label or len(blocks)}"):
         return run_blocks(plan, level, blocks)
+
+
+def _worker_threads() -> int:
+    """Task threads of the Dask worker this runs in (1 elsewhere)."""
+    try:
+        from distributed import get_worker
+
+        return int(get_worker().state.nthreads)
+    except (ImportError, ValueError, AttributeError):
+        return 1
 
 

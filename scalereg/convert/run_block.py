@@ -9,6 +9,7 @@ from typing import Any
 from scalereg.blocks import Block, block_name
 from scalereg.convert.copy_source_block import copy_and_downsample_block, copy_source_block
 from scalereg.convert.plan_conversion import ConversionPlan
+from scalereg.heap import heap_for_mid_size_allocations
 from scalereg.pyramid.downsample_block import downsample_block
 from scalereg.storage import exists, filesystem, join, open_array, write_marker
 from scalereg.storage_errors import translating
@@ -30,8 +31,12 @@ def _writable(plan: ConversionPlan, level: int):
 
 
 def run_blocks(plan: ConversionPlan, level: int, blocks: list[Block]) -> list[dict[str, Any]]:
-    """Several blocks in one call (one task), each with its own completion marker."""
-    return [run_block(plan, level, block) for block in blocks]
+    """Several blocks in one call (one task), each with its own completion marker.
+
+    In a process whose malloc thresholds are fixed (a Dask worker) the blocks' chunk
+    buffers come from a heap kept for the call (see scalereg.heap)."""
+    with heap_for_mid_size_allocations():
+        return [run_block(plan, level, block) for block in blocks]
 
 
 @translating(lambda plan, *args, **kwargs: plan.output)

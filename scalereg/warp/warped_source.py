@@ -142,10 +142,9 @@ class WarpedSource(Source):
     def _interpolate(self, coords: np.ndarray, inside: np.ndarray, out: np.ndarray, tile_shape: tuple[int, ...]) -> None:
         before, after = footprint(self.interpolation)
         everywhere = bool(inside.all())
-        used = coords if everywhere else coords[:, inside]
-        low = np.maximum(np.floor(used.min(axis=1)).astype(int) - before, 0)
-        high = np.minimum(np.floor(used.max(axis=1)).astype(int) + after + 1, self.moving_grid.shape)
-        del used
+        smallest, largest = _extent(coords, None if everywhere else inside)
+        low = np.maximum(np.floor(smallest).astype(int) - before, 0)
+        high = np.minimum(np.floor(largest).astype(int) + after + 1, self.moving_grid.shape)
         region_bytes = math.prod(high - low) * self._bytes_per_region_voxel()
         if region_bytes > self.region_budget and max(tile_shape) > 1:
             # too much source for one go: split the tile along its longest axis
@@ -201,3 +200,17 @@ class WarpedSource(Source):
             return np.clip(values, info.min, info.max).astype(target)
         return values.astype(target)
 
+
+
+def _extent(coords: np.ndarray, inside: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-axis min and max of the (3, N) ``coords`` (only where ``inside``, if given),
+    slab by slab: no copy of the selected points."""
+    if inside is None:
+        return coords.min(axis=1), coords.max(axis=1)
+    smallest, largest = np.full(3, np.inf, dtype=np.float32), np.full(3, -np.inf, dtype=np.float32)
+    for start in range(0, coords.shape[1], SLAB_POINTS):
+        part = coords[:, start : start + SLAB_POINTS][:, inside[start : start + SLAB_POINTS]]
+        if part.size:
+            np.minimum(smallest, part.min(axis=1), out=smallest)
+            np.maximum(largest, part.max(axis=1), out=largest)
+    return smallest, largest
