@@ -47,7 +47,8 @@ def folded_kernel(factor: int) -> np.ndarray:
     offsets = np.arange(-radius, radius + 1)
     gaussian = np.exp(-0.5 * (offsets / sigma) ** 2)
     gaussian /= gaussian.sum()
-    return np.convolve(gaussian, np.full(factor, 1.0 / factor)).astype(np.float32)
+    kernel = np.convolve(gaussian, np.full(factor, 1.0 / factor))
+    return ((kernel + kernel[::-1]) / 2).astype(np.float32)  # exactly symmetric
 
 
 def downsample_gaussian(
@@ -68,7 +69,7 @@ def downsample_gaussian(
     enough to stay in the CPU's cache through all three axes' filters: per slab, a few
     buffers are reused (no fresh allocation, no page faults, whatever the process's
     malloc settings) and no float copy of the whole block ever exists.  The arithmetic
-    per voxel (float32 products added tap by tap) is the same for any slab size.
+    per voxel (float32, symmetric taps summed in pairs) is the same for any slab size.
     """
     pad = list(pad) if pad is not None else [(0, 0)] * region.ndim
     padded = [n + lo + hi for n, (lo, hi) in zip(region.shape, pad)]
@@ -108,22 +109,29 @@ def _filter_axis(
     shape = list(work.shape)
     shape[axis] = last - first
     out = _buffer(buffers, ("out", axis, *shape))
-    term_buffer = _buffer(buffers, ("term", axis, *shape))
+    scratch = _buffer(buffers, ("term", axis, *shape))
     n = work.shape[axis]
     outputs = np.arange(first, last)
-    for tap, weight in enumerate(kernel):
+
+    def term(tap: int) -> np.ndarray:
         positions = factor * outputs + tap - before
         if positions[0] >= 0 and positions[-1] < n:
             index = [slice(None)] * work.ndim
             index[axis] = slice(positions[0], positions[-1] + 1, factor)
-            term = work[tuple(index)]
-        else:  # at the volume boundary: edge padding
-            term = np.take(work, np.clip(positions, 0, n - 1), axis=axis)
-        if tap == 0:
-            np.multiply(term, weight, out=out, dtype=np.float32)
-        else:
-            np.multiply(term, weight, out=term_buffer, dtype=np.float32)
-            out += term_buffer
+            return work[tuple(index)]
+        return np.take(work, np.clip(positions, 0, n - 1), axis=axis)  # at the volume boundary: edge padding
+
+    # the kernel is symmetric: w[t] (x[t] + x[-1-t]), a multiply per pair of taps
+    taps = len(kernel)
+    for pair in range(taps // 2):
+        target = out if pair == 0 else scratch
+        np.add(term(pair), term(taps - 1 - pair), out=target, dtype=np.float32)
+        target *= kernel[pair]
+        if pair:
+            out += scratch
+    if taps % 2:
+        np.multiply(term(taps // 2), kernel[taps // 2], out=scratch, dtype=np.float32)
+        out += scratch
     return out
 
 
