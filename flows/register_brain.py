@@ -117,7 +117,7 @@ def register_brain(
             return Failed(name=state.name, message=state.message)
         registered = state.result()
         reused = sum(1 for row in registered["steps"] if row.get("reused"))
-        stages.append({"stage": "register", "state": registered["state"] + (f" ({reused} steps reused)" if reused else ""), "output": transform})
+        stages.append({"stage": "register", "state": _state_text(registered) if registered["state"] == "complete" else registered["state"] + (f" ({reused} steps reused)" if reused else ""), "output": transform})
 
         warped = join(out, "warped.ome.zarr")
         state = warp_volume_tiles.with_options(task_runner=runner)(
