@@ -307,6 +307,9 @@ class Measurement:
         return self.volume.nbytes / 1e6 / self.seconds
 
 
+_KNOWN_LABELS = {"driver", "prefect server", "resource tracker", "forkserver", "dask worker", "forked worker"}
+
+
 def _process_label(proc, root_pid: int) -> str:
     if proc.pid == root_pid:
         return "driver"
@@ -356,7 +359,8 @@ def measure(name: str, cmd: list[str], volume: Volume, output: Path, env: dict[s
                         times = p.cpu_times()
                 except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                     continue
-                if p.pid not in names:
+                if names.get(p.pid) not in _KNOWN_LABELS:
+                    # again until known: a process caught between fork and exec still shows its parent's command line
                     names[p.pid] = _process_label(p, proc.pid)
                 cpu[p.pid] = times.user + times.system
                 total += rss
