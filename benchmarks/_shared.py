@@ -1,6 +1,6 @@
 """What the benchmarks share: the upsampled sample mouse brain, running a command while
-sampling the memory of its process tree, and a Prefect server started before the timed
-rows (as a deployment has one).
+sampling the memory of its process tree, a Prefect server started before the timed
+rows (as a deployment has one), and running a row in a child process of the script.
 
 Scripts in benchmarks/ run as `python benchmarks/NAME.py`, so this module is found
 next to them.
@@ -8,8 +8,11 @@ next to them.
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -136,3 +139,16 @@ def upsampled_sample_mouse(zoom: float):
     volume = ndimage.zoom(source, zoom, order=1, grid_mode=True, mode="nearest").astype(np.float32)
     spacing = [SAMPLE_SPACING_UM * n / m for n, m in zip(source.shape, volume.shape)]
     return source, volume, spacing, mouse
+
+
+def child_row(arguments: list[str]) -> tuple[dict | None, str]:
+    """Run ``python ARGUMENTS... WORKDIR`` (a fresh temporary directory, removed after):
+    the JSON object its last stdout line holds, or None and its last stderr line."""
+    workdir = tempfile.mkdtemp(prefix="scalereg-benchmark-")
+    try:
+        done = subprocess.run([sys.executable, *arguments, workdir], capture_output=True, text=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if done.returncode != 0:
+        return None, (done.stderr.strip().splitlines() or ["?"])[-1]
+    return json.loads(done.stdout.strip().splitlines()[-1]), ""

@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from _shared import child_row
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_INPUT = ROOT / "benchmarks" / "data" / "mouse-1020x868x680.zarr"
@@ -91,16 +90,10 @@ def main() -> int:
     print("| budget | level-0 kind | largest block | blocks | planner's estimate (MiB) | measured peak above start (MiB) | bytes per block voxel | seconds |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
     for budget in args.budgets.split(","):
-        workdir = tempfile.mkdtemp(prefix="block-memory-")
-        try:
-            run = subprocess.run([sys.executable, __file__, "--input", str(args.input), "--child", budget, workdir],
-                                 capture_output=True, text=True)  # fmt: skip
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-        if run.returncode != 0:
-            print(f"| {budget} | failed: {(run.stderr.strip().splitlines() or ['?'])[-1]} | | | | | | |")
+        row, error = child_row([__file__, "--input", str(args.input), "--child", budget])
+        if row is None:
+            print(f"| {budget} | failed: {error} | | | | | | |")
             continue
-        row = json.loads(run.stdout.strip().splitlines()[-1])
         print(
             f"| {row['budget']} | {row['kind']} | {row['block']} | {row['blocks']} | {row['estimate'] / 2**20:.0f} | "
             f"{row['measured'] / 2**20:.0f} | {row['measured'] / row['voxels']:.2f} | {row['seconds']:.2f} |"

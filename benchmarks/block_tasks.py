@@ -23,12 +23,12 @@ import argparse
 import json
 import resource
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from pathlib import Path
+
+from _shared import child_row
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "benchmarks" / "data" / "overhead"
@@ -111,16 +111,10 @@ def main() -> int:
     print("| executor | wall per conversion (s) | workers' peak RSS (GiB) |")
     print("|---|---|---|")
     for row in ROWS:
-        workdir = Path(tempfile.mkdtemp(prefix="block-tasks-"))
-        try:
-            done = subprocess.run([sys.executable, __file__, "--child", row, "--repeat", str(args.repeat), "--workdir", str(workdir)],
-                                  capture_output=True, text=True)  # fmt: skip
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-        if done.returncode != 0:
-            print(f"| {row} | failed: {(done.stderr.strip().splitlines() or ['?'])[-1]} | |")
+        result, error = child_row([__file__, "--repeat", str(args.repeat), "--child", row, "--workdir"])
+        if result is None:
+            print(f"| {row} | failed: {error} | |")
             continue
-        result = json.loads(done.stdout.strip().splitlines()[-1])
         print(f"| {row} | {', '.join(f'{s:.2f}' for s in result['seconds'])} | {', '.join(f'{p:.2f}' for p in result['workers_peak_gib'])} |")
     return 0
 
