@@ -169,9 +169,11 @@ def flow_stage_seconds(api_url: str) -> dict[str, float]:
     ``api_url`` (the flow's own account of where its time went)."""
     os.environ["PREFECT_API_URL"] = api_url
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import FlowRunSort
 
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(limit=50)
+        # newest first: the default order (by id) is not by time, and a limit then drops stages at random
+        runs = client.read_flow_runs(limit=50, sort=FlowRunSort.START_TIME_DESC)
         names = {run.flow_id: client.read_flow(run.flow_id).name for run in runs}
         top = max((r for r in runs if names[r.flow_id] == "register-brain" and r.start_time), key=lambda r: r.start_time)
         stages = sorted((r for r in runs if r.parent_task_run_id and r.start_time and r.start_time >= top.start_time and r.end_time), key=lambda r: r.start_time)
