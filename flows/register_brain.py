@@ -116,8 +116,7 @@ def register_brain(
         if state.is_failed():
             return Failed(name=state.name, message=state.message)
         registered = state.result()
-        reused = sum(1 for row in registered["steps"] if row.get("reused"))
-        stages.append({"stage": "register", "state": _state_text(registered) if registered["state"] == "complete" else registered["state"] + (f" ({reused} steps reused)" if reused else ""), "output": transform})
+        stages.append({"stage": "register", "state": _registration_state_text(registered), "output": transform})
 
         warped = join(out, "warped.ome.zarr")
         state = warp_volume_tiles.with_options(task_runner=runner)(
@@ -152,6 +151,13 @@ def _state_text(result: dict[str, Any]) -> str:
         return "skipped: already complete for these inputs"
     skipped = sum(row.get("skipped", 0) for row in result.get("levels", []))
     return "resumed" + (f" ({skipped} blocks skipped)" if skipped else "") if state == "resume" else "written"
+
+
+def _registration_state_text(registered: dict[str, Any]) -> str:
+    if registered["state"] == "complete":
+        return _state_text(registered)
+    reused = sum(1 for row in registered["steps"] if row.get("reused"))
+    return registered["state"] + (f" ({reused} steps reused)" if reused else "")
 
 
 def _report(fixed: str, moving: str, out: str, stages: list[dict[str, Any]], registered: dict[str, Any]) -> str:

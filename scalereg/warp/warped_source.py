@@ -201,7 +201,6 @@ class WarpedSource(Source):
         return values.astype(target)
 
 
-
 def _extent(coords: np.ndarray, inside: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Per-axis min and max of the (3, N) ``coords`` (only where ``inside``, if given),
     slab by slab: no copy of the selected points."""

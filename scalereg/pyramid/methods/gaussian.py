@@ -85,7 +85,7 @@ def downsample_gaussian(
         return out
     plane_bytes = 4 * math.prod(region.shape[1:]) * max(1, factors[0])
     step = max(1, _SLAB_BYTES // plane_bytes)
-    buffers: dict[tuple[int, ...], np.ndarray] = {}
+    buffers: dict[tuple, np.ndarray] = {}
     for first in range(0, counts[0], step):
         last = min(first + step, counts[0])
         work = _filter_axis(region, 0, factors[0], pad[0][0], first, last, buffers)
@@ -96,7 +96,7 @@ def downsample_gaussian(
 
 
 def _filter_axis(
-    work: np.ndarray, axis: int, factor: int, before: int, first: int, last: int, buffers: dict[tuple[int, ...], np.ndarray]
+    work: np.ndarray, axis: int, factor: int, before: int, first: int, last: int, buffers: dict[tuple, np.ndarray]
 ) -> np.ndarray:
     """Outputs ``first:last`` along ``axis`` of the folded kernel applied to ``work``,
     whose voxel ``i`` along that axis is padded-region voxel ``i + before`` (indices
@@ -108,8 +108,8 @@ def _filter_axis(
     kernel = folded_kernel(factor)
     shape = list(work.shape)
     shape[axis] = last - first
-    out = _buffer(buffers, ("out", axis, *shape))
-    scratch = _buffer(buffers, ("term", axis, *shape))
+    out = _buffer(buffers, "out", axis, shape)
+    scratch = _buffer(buffers, "scratch", axis, shape)
     n = work.shape[axis]
     outputs = np.arange(first, last)
 
@@ -135,10 +135,11 @@ def _filter_axis(
     return out
 
 
-def _buffer(buffers: dict[tuple[int, ...], np.ndarray], key: tuple) -> np.ndarray:
-    """A float32 scratch array of ``key[2:]``'s shape, reused across slabs."""
+def _buffer(buffers: dict[tuple, np.ndarray], name: str, axis: int, shape: list[int]) -> np.ndarray:
+    """The float32 scratch array ``name`` of an axis' pass, reused by the next slab of the same shape."""
+    key = (name, axis, *shape)
     if key not in buffers:
-        buffers[key] = np.empty(key[2:], dtype=np.float32)
+        buffers[key] = np.empty(shape, dtype=np.float32)
     return buffers[key]
 
 
