@@ -3,6 +3,8 @@ a checksum per level) and `scalereg validate` verifies the data against it."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import zarr
@@ -160,3 +162,57 @@ def test_warped_outputs_carry_level_checksums_that_validate_checks(registered, t
     level0[10, 10, 10] = level0[10, 10, 10] + 1
     assert main(["validate", str(changed)]) == 1
     assert "level 0: data differ from the checksum in the manifest" in capsys.readouterr().out
+
+
+def _rewrite_manifest(path, **changes) -> None:
+    group = zarr.open_group(str(path), mode="r+")
+    status = dict(group.attrs[STATUS_KEY])
+    status["manifest"] = {**status["manifest"], **changes}
+    group.attrs[STATUS_KEY] = status
+
+
+def test_manifests_with_the_earlier_sha256_chunk_digests_still_validate(source, tmp_path):
+    from scalereg.omezarr.level_checksums import ALGORITHM, SHA256_CHUNKS
+
+    out = tmp_path / "brain.ome.zarr"
+    convert_volume(source, str(out), **OPTIONS)
+    group = zarr.open_group(str(out), mode="r")
+    manifest = _manifest(out)
+    assert manifest["checksum_algorithm"] == ALGORITHM
+    legacy = [{**level, "checksum": compute_level_checksum(group[level["path"]], algorithm=SHA256_CHUNKS)} for level in manifest["levels"]]
+    assert [l["checksum"] for l in legacy] != [l["checksum"] for l in manifest["levels"]]  # another digest per chunk
+    _rewrite_manifest(out, checksum_algorithm=SHA256_CHUNKS, levels=legacy)
+    assert validate_pyramid(str(out)) == []
+    level1 = zarr.open_array(str(out / "1"), mode="r+")
+    level1[3, 4, 5] = level1[3, 4, 5] + 1
+    assert validate_pyramid(str(out)) == ["level 1: data differ from the checksum in the manifest (changed or corrupted since it was written)"]
+
+
+def test_an_unknown_checksum_algorithm_is_reported_not_taken_for_corruption(source, tmp_path):
+    out = tmp_path / "brain.ome.zarr"
+    convert_volume(source, str(out), **OPTIONS)
+    _rewrite_manifest(out, checksum_algorithm="md5 of something")
+    assert validate_pyramid(str(out)) == ["the manifest's checksums use an algorithm this scalereg does not know ('md5 of something'): not checked"]
+
+
+def test_block_markers_with_other_digests_leave_that_level_unchecksummed(source, tmp_path):
+    """A run resumed over block markers whose digests another algorithm made (an older
+    scalereg) cannot make the level's checksum from them: the manifest leaves it out
+    rather than record a wrong one."""
+    import json
+
+    from scalereg.convert import plan_conversion, prepare_output, run_conversion
+    from scalereg.convert.run_block import marker_uri, run_block
+
+    out = tmp_path / "brain.ome.zarr"
+    plan = plan_conversion(source, str(out), memory_budget="256KiB", **OPTIONS)
+    assert prepare_output(plan) == "new"
+    block = plan.levels[0].blocks[0]
+    run_block(plan, 0, block)  # the "first run" dies after this block
+    marker = Path(marker_uri(str(out), 0, block))
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "algorithm": "an older one"}))
+    assert run_conversion(plan_conversion(source, str(out), memory_budget="256KiB", **OPTIONS))["state"] == "resume"
+    checksums = {level["path"]: level["checksum"] for level in _manifest(out)["levels"]}
+    assert checksums["0"] is None and checksums["1"] is None  # level 1 is fused with level 0
+    assert checksums["2"] == compute_level_checksum(zarr.open_group(str(out), mode="r")["2"])
+    assert validate_pyramid(str(out)) == []

@@ -10,6 +10,7 @@ from scalereg.blocks import Block, block_name
 from scalereg.convert.copy_source_block import copy_and_downsample_block, copy_source_block
 from scalereg.convert.plan_conversion import ConversionPlan
 from scalereg.heap import heap_for_mid_size_allocations
+from scalereg.omezarr.level_checksums import ALGORITHM as CHECKSUM_ALGORITHM
 from scalereg.pyramid.downsample_block import downsample_block
 from scalereg.storage import exists, filesystem, join, open_array, write_marker
 from scalereg.storage_errors import translating
@@ -64,14 +65,18 @@ def run_block(plan: ConversionPlan, level: int, block: Block) -> dict[str, Any]:
     # the chunk digests, per level written, go into the marker: a resumed run that
     # skips this block still knows them for the levels' checksums
     digests = {str(level + offset): chunk_digests for offset, chunk_digests in enumerate(stats.pop("digests", []))}
-    write_marker(marker, json.dumps({"digests": digests}), storage_options=options)
+    write_marker(marker, json.dumps({"digests": digests, "algorithm": CHECKSUM_ALGORITHM}), storage_options=options)
     return {"level": level, "block": block, "skipped": False, "seconds": time.perf_counter() - start, "digests": digests, **stats}
 
 
 def _recorded_digests(marker: str, options: dict[str, Any] | None) -> dict[str, dict[str, str]]:
-    """The chunk digests a block's marker recorded (none for markers without them)."""
+    """The chunk digests a block's marker recorded (none for markers without them, or
+    with another algorithm's: that level's checksum is then left out of the manifest)."""
     fs, path = filesystem(marker, options)
     try:
-        return json.loads(fs.cat_file(path) or b"{}").get("digests", {})
+        recorded = json.loads(fs.cat_file(path) or b"{}")
     except ValueError:
         return {}
+    if recorded.get("algorithm") != CHECKSUM_ALGORITHM:
+        return {}
+    return recorded.get("digests", {})

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from scalereg.errors import InputError
 from scalereg.omezarr.pyramid_layout import level_translation
 from scalereg.omezarr.read_pyramid import read_pyramid
-from scalereg.omezarr.level_checksums import compute_level_checksum
+from scalereg.omezarr.level_checksums import compute_level_checksum, known_algorithm
 from scalereg.storage import join, open_array, open_group
 
 
@@ -52,13 +52,16 @@ def validate_pyramid(uri: str, storage_options: dict[str, Any] | None = None, ch
     if status and status.get("status") != "complete":
         problems.append("marked incomplete: the run that wrote it did not finish (re-run it to resume)")
     manifest = status.get("manifest") or {}
-    if checksums:
+    algorithm = manifest.get("checksum_algorithm")
+    if checksums and not known_algorithm(algorithm):
+        problems.append(f"the manifest's checksums use an algorithm this scalereg does not know ({algorithm!r}): not checked")
+    elif checksums:
         for entry in manifest.get("levels", []):
             if not entry.get("checksum"):
                 continue
             array = open_array(join(uri, entry["path"]), storage_options=storage_options)
             if list(array.shape) != entry["shape"]:
                 problems.append(f"level {entry['path']}: shape {list(array.shape)}, the manifest says {entry['shape']}")
-            elif compute_level_checksum(array) != entry["checksum"]:
+            elif compute_level_checksum(array, algorithm=algorithm) != entry["checksum"]:
                 problems.append(f"level {entry['path']}: data differ from the checksum in the manifest (changed or corrupted since it was written)")
     return problems
