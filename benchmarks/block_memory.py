@@ -46,7 +46,7 @@ def child(source: str, budget: str, workdir: str) -> dict:
 
     from scalereg.convert import plan_conversion
     from scalereg.convert.output_state import prepare_output
-    from scalereg.convert.run_block import run_block
+    from scalereg.convert.run_block import run_blocks
     from scalereg.heap import release_free_memory
 
     output = str(Path(workdir) / "block.ome.zarr")
@@ -59,7 +59,7 @@ def child(source: str, budget: str, workdir: str) -> dict:
     with open("/proc/self/clear_refs", "w") as clear:
         clear.write("5")  # VmHWM := current RSS
     start = time.perf_counter()
-    run_block(plan, 0, block)
+    run_blocks(plan, 0, [block])  # as a task runs it (see scalereg.heap)
     seconds = time.perf_counter() - start
     voxels = math.prod(hi - lo for lo, hi in block)
     return {

@@ -15,7 +15,7 @@ from prefect.futures import as_completed
 from prefect.states import Failed, State
 from tqdm import tqdm
 
-from scalereg.blocks import block_name
+from scalereg.blocks import balanced_batches, block_name
 from scalereg.convert import ConversionPlan, finish_conversion, finish_level, prepare_output
 from tasks.artifacts import ProgressArtifact, publish_level_table
 from tasks.convert import convert_blocks
@@ -51,7 +51,7 @@ def write_levels(plan: ConversionPlan, name: str, tasks_per_level: int, label: s
             start = time.perf_counter()
             futures = [
                 convert_blocks.submit(shipped, level.index, batch, block_label=f"{block_name(batch[0])}-x{len(batch)}")
-                for batch in batches(list(level.blocks), tasks_per_level)
+                for batch in balanced_batches(level.blocks, tasks_per_level)
             ]
             results = []
             for future in as_completed(futures):
@@ -69,15 +69,3 @@ def write_levels(plan: ConversionPlan, name: str, tasks_per_level: int, label: s
             logger.info("level %d: %s voxels, %d %s, %.1f s", level.index, row["shape"], row["blocks"], label, row["seconds"])
     finish_conversion(plan)
     return rows
-
-
-def batches(blocks: list, count: int) -> list[list]:
-    """``blocks`` in at most ``count`` contiguous batches of nearly equal size."""
-    count = max(1, min(count, len(blocks)))
-    size, extra = divmod(len(blocks), count)
-    out, start = [], 0
-    for index in range(count):
-        stop = start + size + (1 if index < extra else 0)
-        out.append(blocks[start:stop])
-        start = stop
-    return [batch for batch in out if batch]

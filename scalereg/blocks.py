@@ -62,6 +62,27 @@ def grow_block(
     return tuple(c * u for c, u in zip(counts, unit))  # type: ignore[return-value]
 
 
+def block_voxels(block: Block) -> int:
+    return math.prod(b - a for a, b in block)
+
+
+def balanced_batches(blocks: Sequence[Block], count: int) -> list[list[Block]]:
+    """``blocks`` dealt into at most ``count`` batches of nearly equal voxels, the
+    largest blocks first (each to the lightest batch so far), heaviest batch first.
+
+    Blocks at a volume's far edges are often much smaller than the others; handing
+    them out last keeps workers from idling while one finishes a large block."""
+    count = max(1, min(count, len(blocks)))
+    bins: list[list[Block]] = [[] for _ in range(count)]
+    loads = [0] * count
+    for block in sorted(blocks, key=block_voxels, reverse=True):
+        lightest = loads.index(min(loads))
+        bins[lightest].append(block)
+        loads[lightest] += block_voxels(block)
+    order = sorted(range(count), key=lambda i: loads[i], reverse=True)
+    return [bins[i] for i in order if bins[i]]
+
+
 def iter_chunk_blocks(block: Block, chunks: Sequence[int]) -> Iterator[Block]:
     """The chunk-aligned sub-blocks of ``block`` (used to write chunk by chunk)."""
     ranges = [[(s, min(s + c, b)) for s in range(a, b, c)] for (a, b), c in zip(block, chunks)]

@@ -4,6 +4,8 @@ versions, the three validators, labels, sharding, resume and bad input."""
 from __future__ import annotations
 
 import hashlib
+import itertools
+import math
 import os
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import tifffile
 import zarr
 
 from conftest import label_phantom, phantom
-from scalereg.convert import convert_volume, plan_conversion, run_block, run_conversion
+from scalereg.convert import convert_volume, plan_conversion, prepare_output, run_block, run_conversion
 from scalereg.errors import InputError, MemoryBudgetError
 from scalereg.omezarr import read_pyramid, validate_pyramid
 from scalereg.omezarr.create_pyramid_store import STATUS_KEY
@@ -311,17 +313,68 @@ def test_output_inside_input_is_refused(tmp_path):
         plan_conversion(str(raw), str(raw / "out.ome.zarr"), spacing=(1, 1, 1))
 
 
+def _level_one_from_level_zero(out: Path, plan) -> np.ndarray:
+    """Level 1 as `downsample_block` computes it from level 0 on disk, in one block."""
+    from scalereg.pyramid.downsample_block import downsample_block
+
+    level1 = plan.layout.levels[1]
+    target = zarr.create_array(zarr.storage.MemoryStore(), shape=level1.shape, chunks=level1.chunks, dtype=plan.layout.dtype)
+    downsample_block(open_level(out, "0"), target, tuple((0, n) for n in level1.shape), level1.factors, plan.method)
+    return target[:]
+
+
 def test_level_one_from_the_source_equals_level_one_from_level_zero(tmp_path):
-    """Level 1 is written by level 0's tasks from one read of the source when a block
+    """Level 1 is written by level 0's tasks from one read of the source when a step
     fits the budget; it must hold exactly what downsampling level 0 on disk gives."""
     raw = tmp_path / "raw.zarr"
-    zarr.save_array(str(raw), phantom((70, 66, 61), "uint16"))
+    volume = phantom((70, 66, 61), "uint16")
+    zarr.save_array(str(raw), volume)
     options = dict(spacing=(1, 1, 1), chunks=16, min_size=8)
-    fused_plan = plan_conversion(str(raw), str(tmp_path / "f.ome.zarr"), memory_budget="64MiB", **options)
-    plain_plan = plan_conversion(str(raw), str(tmp_path / "p.ome.zarr"), memory_budget="300KiB", **options)
-    assert [l.kind for l in fused_plan.levels[:2]] == ["copy+downsample", "fused"]
-    assert [l.kind for l in plain_plan.levels[:2]] == ["copy", "downsample"]
-    run_conversion(fused_plan)
-    run_conversion(plain_plan)
-    for level in fused_plan.layout.levels:
-        assert np.array_equal(open_level(tmp_path / "f.ome.zarr", level.path)[:], open_level(tmp_path / "p.ome.zarr", level.path)[:])
+    for budget, blocks in (("64MiB", 1), ("1MiB", 4)):
+        out = tmp_path / f"f-{budget}.ome.zarr"
+        plan = plan_conversion(str(raw), str(out), memory_budget=budget, **options)
+        assert [l.kind for l in plan.levels[:2]] == ["copy+downsample", "fused"]
+        assert len(plan.levels[0].blocks) >= blocks
+        run_conversion(plan)
+        assert np.array_equal(open_level(out, "0")[:], volume)
+        assert np.array_equal(open_level(out, "1")[:], _level_one_from_level_zero(out, plan))
+
+
+@pytest.mark.parametrize("method", ["gaussian", "mode"])
+@pytest.mark.parametrize("spacing", [(1, 1, 1), (1, 2, 2), (2, 1, 1)])
+def test_streamed_blocks_of_any_length_equal_level_one_from_level_zero(tmp_path, method, spacing):
+    """Fused level-0 blocks stream along z in steps of one chunk layer, carrying the
+    planes the next level-1 plane needs over from step to step: blocks that start and
+    end mid-volume, span several steps or end at an edge that is no multiple of the
+    factors give the voxels of level 1 computed from level 0 on disk."""
+    raw = tmp_path / "raw.zarr"
+    labels = method == "mode"
+    volume = phantom((77, 45, 38), "uint16")
+    zarr.save_array(str(raw), volume // 500 if labels else volume)
+    options = dict(spacing=spacing, chunks=8, min_size=4, labels=labels)
+    out = tmp_path / "f.ome.zarr"
+    plan = plan_conversion(str(raw), str(out), memory_budget="64MiB", **options)
+    assert [l.kind for l in plan.levels[:2]] == ["copy+downsample", "fused"]
+    prepare_output(plan)
+    # blocks of 1, 3 and the rest of the write units along z; 1 and the rest across
+    uz, uy, ux = (math.lcm(8, f * 8) for f in plan.layout.levels[1].factors)
+    zs = [(0, uz), (uz, 4 * uz), (4 * uz, 77)]
+    ys, xs = [(0, uy), (uy, 45)], [(0, ux), (ux, 38)]
+    for block in itertools.product(zs, ys, xs):
+        result = run_block(plan, 0, block)
+        assert result["voxels_written"] == math.prod(b - a for a, b in block)
+    assert np.array_equal(open_level(out, "0")[:], zarr.open_array(str(raw), mode="r")[:])
+    assert np.array_equal(open_level(out, "1")[:], _level_one_from_level_zero(out, plan))
+
+
+def test_a_fused_plan_streams_long_blocks_in_a_bounded_cross_section(tmp_path):
+    """The budget sets one step's cross-section; blocks run long along z."""
+    raw = tmp_path / "raw.zarr"
+    zarr.create_array(str(raw), shape=(600, 300, 200), chunks=(64, 64, 64), dtype="uint16")
+    plan = plan_conversion(str(raw), str(tmp_path / "o.ome.zarr"), spacing=(1, 1, 1), chunks=32, memory_budget="16MiB")
+    level = plan.levels[0]
+    assert level.kind == "copy+downsample"
+    z, y, x = level.block_shape
+    assert x == 256 and y < 300 and z > 4 * 32  # x first, whole row; then y; long along z
+    assert level.bytes_per_task <= 16 * 2**20
+    assert level.bytes_per_task >= 32 * y * x * 2 * 4  # a step: 32 planes, its copies and buffers

@@ -155,3 +155,19 @@ def test_grow_block_respects_budget_and_units():
     for b in blocks:
         covered[tuple(slice(a, c) for a, c in b)] += 1
     assert covered.min() == 1 and covered.max() == 1
+
+
+def test_balanced_batches_deal_every_block_once_largest_first():
+    from scalereg.blocks import aligned_blocks, balanced_batches, block_voxels
+
+    blocks = aligned_blocks((1020, 868, 680), (512, 256, 512))  # edge blocks far smaller than the rest
+    for count in (1, 3, 8, 100):
+        batches = balanced_batches(blocks, count)
+        assert sorted(b for batch in batches for b in batch) == sorted(blocks)
+        assert len(batches) == min(count, len(blocks))
+        loads = [sum(block_voxels(b) for b in batch) for batch in batches]
+        assert loads == sorted(loads, reverse=True)
+        assert loads[0] - loads[-1] <= max(block_voxels(b) for b in blocks)  # the greedy rule's bound
+    # 8 contiguous batches of 2 blocks each would put 2.6x the voxels in one as in another
+    eight = [sum(map(block_voxels, batch)) for batch in balanced_batches(blocks, 8)]
+    assert max(eight) / min(eight) < 1.6

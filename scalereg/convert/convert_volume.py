@@ -8,9 +8,10 @@ and anyone who wants the core without Prefect.
 from __future__ import annotations
 
 import time
-from concurrent.futures import Executor
+from concurrent.futures import Executor, as_completed
 from typing import Any, Callable, Sequence
 
+from scalereg.blocks import block_voxels
 from scalereg.convert.output_state import finish_conversion, finish_level, prepare_output
 from scalereg.convert.plan_conversion import ConversionPlan, plan_conversion
 from scalereg.convert.run_block import run_block
@@ -67,8 +68,9 @@ def _map(
             if on_block_done:
                 on_block_done(results[-1])
         return results
-    futures = [executor.submit(run_block, plan, level, block) for block in blocks]
-    for future in futures:
+    # the largest blocks first: the small ones at the volume's far edges fill in at the end
+    futures = [executor.submit(run_block, plan, level, block) for block in sorted(blocks, key=block_voxels, reverse=True)]
+    for future in as_completed(futures):
         results.append(future.result())
         if on_block_done:
             on_block_done(results[-1])

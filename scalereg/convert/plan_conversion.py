@@ -186,10 +186,16 @@ def _level_plan(index: int, kind: str, shape: tuple[int, ...], unit_shape: tuple
 
 
 def _fused_first_levels(layout: PyramidLayout, method: str, itemsize: int, budget: int, source: Source) -> list[LevelPlan]:
-    """Level 0 and level 1 from one read of the source, when a block fits the budget.
+    """Level 0 and level 1 from one read of the source, when a step fits the budget.
 
     Level-0 blocks are then whole multiples of both level 0's write unit and (times
-    the factors) level 1's, so every task writes its own chunks of both levels.
+    the factors) level 1's, so every task writes its own chunks of both levels.  A
+    block is streamed along z in steps of level 0's write unit
+    (`scalereg.convert.copy_source_block.copy_and_downsample_block`), so the budget
+    sets the cross-section of one step (x grown first, then y); the block's length
+    along z is then about a budget's worth of source voxels, in whole units: longer
+    blocks read less of their neighbours' planes again (one step's worth at each end),
+    shorter ones spread better over workers.
     """
     if len(layout.levels) < 2:
         return []
@@ -198,17 +204,49 @@ def _fused_first_levels(layout: PyramidLayout, method: str, itemsize: int, budge
     unit1 = level1.shards or level1.chunks
     unit = tuple(math.lcm(u0, f * u1) for u0, f, u1 in zip(unit0, level1.factors, unit1))
     halo = input_halo(method, level1.factors)
-    # the region read, the block handed to zarr, and the downsampling's working set
-    # (the region itself is its input)
+    # one step: the planes read, the block handed to zarr, and the downsampling's
+    # working set (the step itself is its input)
     per_voxel = itemsize + bytes_per_output_voxel(itemsize, level1.factors, method) / math.prod(level1.factors)
     per_voxel += source.working_bytes_per_voxel
+    total_budget = budget
     budget -= source.working_bytes_fixed
-    # the halo makes the region read a little larger than the block
-    grown = math.prod((u + 2 * h) / u for u, h in zip(unit, halo))
-    if math.prod(unit) * per_voxel * grown > budget:
+    # zarr decodes and encodes up to `async.concurrency` chunks at once, whatever the
+    # step's size (`python benchmarks/block_memory.py`: ~86 MiB above the step's share
+    # for 128^3 uint16 chunks, ten in flight)
+    budget -= _chunks_in_flight_bytes(source, unit0, itemsize)
+    step_unit = (unit0[0], unit[1], unit[2])
+    # the halo makes the planes read a little more than the step
+    per_voxel *= math.prod((u + 2 * h) / u for u, h in zip(step_unit, halo))
+    if math.prod(step_unit) * per_voxel > budget:
         return []
-    first = _level_plan(0, "copy+downsample", level0.shape, unit, per_voxel * grown, budget)
+    shape = level0.shape
+    step = grow_block((min(unit0[0], shape[0]), shape[1], shape[2]), step_unit, per_voxel, budget)
+    plane_bytes = min(step[1], shape[1]) * min(step[2], shape[2]) * itemsize
+    length = max(1, total_budget // (plane_bytes * unit[0])) * unit[0]
+    block = (length, step[1], step[2])
+    first = LevelPlan(
+        index=0,
+        kind="copy+downsample",
+        blocks=tuple(aligned_blocks(shape, block)),
+        block_shape=block,
+        bytes_per_task=int(min(unit0[0], shape[0]) * min(step[1], shape[1]) * min(step[2], shape[2]) * per_voxel)
+        + _chunks_in_flight_bytes(source, unit0, itemsize)
+        + source.working_bytes_fixed,
+    )
     return [first, LevelPlan(index=1, kind="fused", blocks=(), block_shape=first.block_shape, bytes_per_task=0)]
+
+
+def _chunks_in_flight_bytes(source: Source, unit0: Sequence[int], itemsize: int) -> int:
+    """Memory of the source chunks zarr decodes and the level-0 chunks (or shards) it
+    encodes at the same time, each up to its `async.concurrency` setting."""
+    import zarr
+
+    concurrency = int(zarr.config.get("async.concurrency") or 10)
+    source_bytes = 0
+    if source.preferred_block:
+        count = math.prod(math.ceil(n / c) for n, c in zip(source.shape, source.preferred_block))
+        source_bytes = min(concurrency, count) * math.prod(source.preferred_block) * source.dtype.itemsize
+    return source_bytes + concurrency * math.prod(unit0) * itemsize
 
 
 def _fingerprint(source: Source, layout: PyramidLayout, method: str) -> str:

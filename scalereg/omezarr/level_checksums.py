@@ -17,6 +17,7 @@ of scalereg <= 0.1.0 still validate: the manifest names its algorithm.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 import math
@@ -24,8 +25,10 @@ from typing import Any, Sequence
 
 import numpy as np
 import xxhash
+import zarr
+from zarr.core.sync import sync
 
-from scalereg.blocks import Block, aligned_blocks, block_slices
+from scalereg.blocks import Block, aligned_blocks, block_slices, iter_chunk_blocks
 
 ALGORITHM = "sha256 over the xxh3-128 of each chunk's decoded voxels (C order), chunks in index order"
 # what scalereg 0.1.0 wrote before; still checked when a manifest names it
@@ -63,9 +66,33 @@ def chunk_digests(chunks: Sequence[int], block: Block, data: np.ndarray, algorit
 
 def write_and_hash(target: Any, block: Block, data: np.ndarray) -> dict[str, str]:
     """Write ``data`` (already of ``target``'s dtype) to ``block`` of ``target`` and
-    return the digests of the chunks written."""
-    target[block_slices(block)] = data
-    return chunk_digests(target.chunks, block, data)
+    return the digests of the chunks written.
+
+    Written one write unit (chunk, or shard) at a time from a contiguous copy of its
+    voxels, which is also what gets hashed, a few units at once (zarr's
+    `async.concurrency`).  Handed a region of several units, zarr would fill a fresh
+    buffer per unit with the fill value and copy the unit's voxels into it; handed a
+    whole unit it encodes the array it is given."""
+    unit = target.shards or target.chunks
+    batch = int(zarr.config.get("async.concurrency") or 10)
+    pieces = list(iter_chunk_blocks(block, unit))
+    digests: dict[str, str] = {}
+    for first in range(0, len(pieces), batch):
+        group = []
+        for piece in pieces[first : first + batch]:
+            local = tuple(slice(a - start, b - start) for (a, b), (start, _) in zip(piece, block))
+            voxels = np.ascontiguousarray(data[local])
+            digests.update(chunk_digests(target.chunks, piece, voxels))
+            group.append((piece, voxels))
+        _write_units(target, group)
+    return digests
+
+
+def _write_units(target: Any, group: list[tuple[Block, np.ndarray]]) -> None:
+    async def write_all() -> None:
+        await asyncio.gather(*(target.async_array.setitem(block_slices(piece), voxels) for piece, voxels in group))
+
+    sync(write_all())
 
 
 def level_checksum(digests: dict[str, str], shape: Sequence[int], chunks: Sequence[int]) -> str | None:
