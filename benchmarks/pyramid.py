@@ -28,7 +28,7 @@ with separable linear (trilinear) interpolation, x4 per axis for --scale 1
 (1020 x 868 x 680 = 1.20 GB = 1.12 GiB, 12.5 um), stored once as an uncompressed plain zarr v3
 array with 128^3 chunks under the work directory (default benchmarks/data/).
 --scale S multiplies the voxel count (per-axis zoom 4 * S^(1/3)); --with-4x adds the
-scalereg rows on a volume of 4 x S times the voxels (x6.35 per axis for S = 1).
+scalereg and I/O floor rows on a volume of 4 x S times the voxels (x6.35 per axis for S = 1).
 
     python benchmarks/pyramid.py [--scale 1] [--with-4x] [--skip-ngff-zarr] [--workdir DIR]
                                  [--repeat 3] [--only KINDS] [--no-warmup] [--results FILE]
@@ -615,7 +615,14 @@ def verdicts(rows: list[Row]) -> list[str]:
             f"- {name} peak RSS under 1.5 GiB (whole process tree): **{verdict}** "
             f"({_gib(row.peak_tree)} GiB; largest single process {_gib(row.peak_single.peak_single)} GiB)"
         )
-        big = get.get(f"{name} (4x)")
+        big, big_floor = get.get(f"{name} (4x)"), get.get("I/O floor (4x)")
+        if big is not None and big.ok and big_floor is not None and big_floor.ok:
+            ratio = big.seconds / big_floor.seconds
+            verdict = "PASS" if ratio <= FLOOR_VS_IO else "FAIL"
+            out.append(
+                f"- {name} at 4x the volume within {FLOOR_VS_IO}x of the I/O floor's wall time at 4x: **{verdict}** "
+                f"({ratio:.2f}x: {big.seconds:.1f} s vs {big_floor.seconds:.1f} s)"
+            )
         if big is not None and big.ok:
             ratio = big.peak_tree / row.peak_tree
             verdict = "PASS" if ratio <= FLOOR_RSS_GROWTH else "FAIL"
@@ -624,6 +631,12 @@ def verdicts(rows: list[Row]) -> list[str]:
                 f"({_gib(big.peak_tree)} vs {_gib(row.peak_tree)} GiB: {ratio:.2f}x; largest process "
                 f"{_gib(big.peak_single.peak_single)} vs {_gib(row.peak_single.peak_single)} GiB)"
             )
+    flow, core, flow4, core4 = (get.get(n) for n in ("scalereg flow", "scalereg core", "scalereg flow (4x)", "scalereg core (4x)"))
+    if all(r is not None and r.ok for r in (flow, core)):
+        line = f"- the flow's time beyond the core's (orchestration: Prefect server, Dask cluster, task runs): {flow.seconds - core.seconds:.1f} s at 1x"  # type: ignore[union-attr]
+        if all(r is not None and r.ok for r in (flow4, core4)):
+            line += f", {flow4.seconds - core4.seconds:.1f} s at 4x"  # type: ignore[union-attr]
+        out.append(line + " (benchmarks/overhead.py measures it on the whole pipeline)")
     slow = [row.name for row in rows if row.runs and row.capacity[row.best] < 0.8 * WORKERS]
     if slow:
         out.append(
@@ -652,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="voxels relative to the 1.12 GiB (x4 per axis) volume")
-    parser.add_argument("--with-4x", action="store_true", help="also run scalereg on 4x the voxels (peak-RSS growth floor)")
+    parser.add_argument("--with-4x", action="store_true", help="also run scalereg and the I/O floor on 4x the voxels (peak-RSS growth floor)")
     parser.add_argument("--skip-ngff-zarr", action="store_true")
     parser.add_argument("--repeat", type=int, default=3, help="timed repeats of every 1x row, round-robin (the best is reported)")
     parser.add_argument("--min-cores", type=float, default=0.8 * WORKERS, help="wait before a run until the host gives this many cores")
@@ -698,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
     schedule = [(row, kind, f"{kind}-{i + 1}") for i in range(args.repeat) for row, (_, kind) in zip(rows, plan)]
     if big is not None:
         for name, kind in plan:
-            if kind.startswith("scalereg"):
+            if kind.startswith("scalereg") or kind == "io-floor":
                 row = Row(f"{name} (4x)", big)
                 rows.append(row)
                 schedule.append((row, kind, f"{kind}-4x"))

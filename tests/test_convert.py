@@ -313,31 +313,34 @@ def test_output_inside_input_is_refused(tmp_path):
         plan_conversion(str(raw), str(raw / "out.ome.zarr"), spacing=(1, 1, 1))
 
 
-def _level_one_from_level_zero(out: Path, plan) -> np.ndarray:
-    """Level 1 as `downsample_block` computes it from level 0 on disk, in one block."""
+def _level_from_the_one_below(out: Path, plan, index: int = 1) -> np.ndarray:
+    """Level ``index`` as `downsample_block` computes it from the level below on disk,
+    in one block (no streaming, no halo seams)."""
     from scalereg.pyramid.downsample_block import downsample_block
 
-    level1 = plan.layout.levels[1]
-    target = zarr.create_array(zarr.storage.MemoryStore(), shape=level1.shape, chunks=level1.chunks, dtype=plan.layout.dtype)
-    downsample_block(open_level(out, "0"), target, tuple((0, n) for n in level1.shape), level1.factors, plan.method)
+    level = plan.layout.levels[index]
+    target = zarr.create_array(zarr.storage.MemoryStore(), shape=level.shape, chunks=level.chunks, dtype=plan.layout.dtype)
+    downsample_block(open_level(out, plan.layout.levels[index - 1].path), target, tuple((0, n) for n in level.shape), level.factors, plan.method)
     return target[:]
 
 
-def test_level_one_from_the_source_equals_level_one_from_level_zero(tmp_path):
+def test_every_level_equals_the_level_below_downsampled_in_one_block(tmp_path):
     """Level 1 is written by level 0's tasks from one read of the source when a step
-    fits the budget; it must hold exactly what downsampling level 0 on disk gives."""
+    fits the budget, the coarser levels from the level below in blocks streamed along
+    z; each must hold exactly what downsampling the level below in one block gives."""
     raw = tmp_path / "raw.zarr"
-    volume = phantom((70, 66, 61), "uint16")
-    zarr.save_array(str(raw), volume)
-    options = dict(spacing=(1, 1, 1), chunks=16, min_size=8)
-    for budget, blocks in (("64MiB", 1), ("1MiB", 4)):
+    volume = phantom((130, 66, 61), "uint16")
+    zarr.create_array(str(raw), shape=volume.shape, chunks=(16, 16, 16), dtype=volume.dtype)[:] = volume
+    options = dict(spacing=(1, 1, 1), chunks=8, min_size=4)
+    for budget, blocks in (("64MiB", 1), ("150KiB", 3)):
         out = tmp_path / f"f-{budget}.ome.zarr"
         plan = plan_conversion(str(raw), str(out), memory_budget=budget, **options)
-        assert [l.kind for l in plan.levels[:2]] == ["copy+downsample", "fused"]
-        assert len(plan.levels[0].blocks) >= blocks
+        assert [l.kind for l in plan.levels[:3]] == ["copy+downsample", "fused", "downsample"]
+        assert len(plan.levels[0].blocks) >= blocks and len(plan.levels[2].blocks) >= blocks
         run_conversion(plan)
         assert np.array_equal(open_level(out, "0")[:], volume)
-        assert np.array_equal(open_level(out, "1")[:], _level_one_from_level_zero(out, plan))
+        for index in range(1, len(plan.layout.levels)):
+            assert np.array_equal(open_level(out, str(index))[:], _level_from_the_one_below(out, plan, index)), (budget, index)
 
 
 @pytest.mark.parametrize("method", ["gaussian", "mode"])
@@ -364,7 +367,7 @@ def test_streamed_blocks_of_any_length_equal_level_one_from_level_zero(tmp_path,
         result = run_block(plan, 0, block)
         assert result["voxels_written"] == math.prod(b - a for a, b in block)
     assert np.array_equal(open_level(out, "0")[:], zarr.open_array(str(raw), mode="r")[:])
-    assert np.array_equal(open_level(out, "1")[:], _level_one_from_level_zero(out, plan))
+    assert np.array_equal(open_level(out, "1")[:], _level_from_the_one_below(out, plan))
 
 
 def test_a_fused_plan_streams_long_blocks_in_a_bounded_cross_section(tmp_path):

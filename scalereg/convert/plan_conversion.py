@@ -23,6 +23,9 @@ from scalereg.storage import is_remote, lies_inside, output_uri
 from scalereg.units import format_bytes, parse_bytes
 
 DEFAULT_MEMORY_BUDGET = "256MiB"
+# Streamed levels are cut into at least this many blocks when they have the units
+# (see `_streamed_blocks`): work for a few workers even on the coarser levels.
+MIN_BLOCKS = 8
 # Copying a block holds the source's read buffer, the array handed to zarr and
 # zarr's encode buffers: about three copies of the block.
 COPY_BYTES_PER_VOXEL_FACTOR = 3
@@ -145,14 +148,12 @@ def plan_conversion(
     for index, level in enumerate(layout.levels):
         if index < len(levels):
             continue
-        unit_shape = level.shards or level.chunks  # tasks never share a chunk or a shard
         if index == 0:
-            kind, per_voxel = "copy", COPY_BYTES_PER_VOXEL_FACTOR * itemsize + src.working_bytes_per_voxel
-            level_budget = budget - src.working_bytes_fixed
+            per_voxel = COPY_BYTES_PER_VOXEL_FACTOR * itemsize + src.working_bytes_per_voxel
+            unit_shape = level.shards or level.chunks  # tasks never share a chunk or a shard
+            levels.append(_level_plan(index, "copy", level.shape, unit_shape, per_voxel, budget - src.working_bytes_fixed))
         else:
-            kind, per_voxel = "downsample", bytes_per_output_voxel(itemsize, level.factors, method)
-            level_budget = budget
-        levels.append(_level_plan(index, kind, level.shape, unit_shape, per_voxel, level_budget))
+            levels.append(_downsample_level(layout, index, method, itemsize, budget))
     fingerprint = _fingerprint(src, layout, method)
     return ConversionPlan(
         source=src,
@@ -189,13 +190,9 @@ def _fused_first_levels(layout: PyramidLayout, method: str, itemsize: int, budge
     """Level 0 and level 1 from one read of the source, when a step fits the budget.
 
     Level-0 blocks are then whole multiples of both level 0's write unit and (times
-    the factors) level 1's, so every task writes its own chunks of both levels.  A
-    block is streamed along z in steps of level 0's write unit
-    (`scalereg.convert.copy_source_block.copy_and_downsample_block`), so the budget
-    sets the cross-section of one step (x grown first, then y); the block's length
-    along z is then about a budget's worth of source voxels, in whole units: longer
-    blocks read less of their neighbours' planes again (one step's worth at each end),
-    shorter ones spread better over workers.
+    the factors) level 1's, so every task writes its own chunks of both levels,
+    streamed along z in steps of level 0's write unit
+    (`scalereg.pyramid.stream_block`); see `_streamed_blocks` for their shape.
     """
     if len(layout.levels) < 2:
         return []
@@ -203,50 +200,78 @@ def _fused_first_levels(layout: PyramidLayout, method: str, itemsize: int, budge
     unit0 = level0.shards or level0.chunks
     unit1 = level1.shards or level1.chunks
     unit = tuple(math.lcm(u0, f * u1) for u0, f, u1 in zip(unit0, level1.factors, unit1))
-    halo = input_halo(method, level1.factors)
     # one step: the planes read, the block handed to zarr, and the downsampling's
     # working set (the step itself is its input)
     per_voxel = itemsize + bytes_per_output_voxel(itemsize, level1.factors, method) / math.prod(level1.factors)
     per_voxel += source.working_bytes_per_voxel
-    total_budget = budget
-    budget -= source.working_bytes_fixed
-    # zarr decodes and encodes up to `async.concurrency` chunks at once, whatever the
-    # step's size (`python benchmarks/block_memory.py`: ~86 MiB above the step's share
-    # for 128^3 uint16 chunks, ten in flight)
-    budget -= _chunks_in_flight_bytes(source, unit0, itemsize)
-    step_unit = (unit0[0], unit[1], unit[2])
-    # the halo makes the planes read a little more than the step
-    per_voxel *= math.prod((u + 2 * h) / u for u, h in zip(step_unit, halo))
-    if math.prod(step_unit) * per_voxel > budget:
+    source_chunk = math.prod(source.preferred_block) * source.dtype.itemsize if source.preferred_block else 0
+    source_chunks = math.prod(math.ceil(n / c) for n, c in zip(source.shape, source.preferred_block)) if source.preferred_block else 0
+    fixed = source.working_bytes_fixed + _chunks_in_flight_bytes(source_chunk, source_chunks, math.prod(unit0) * itemsize)
+    streamed = _streamed_blocks(level0.shape, unit, unit0[0], input_halo(method, level1.factors), per_voxel, fixed, budget, itemsize)
+    if streamed is None:
         return []
-    shape = level0.shape
-    step = grow_block((min(unit0[0], shape[0]), shape[1], shape[2]), step_unit, per_voxel, budget)
-    plane_bytes = min(step[1], shape[1]) * min(step[2], shape[2]) * itemsize
-    length = max(1, total_budget // (plane_bytes * unit[0])) * unit[0]
-    block = (length, step[1], step[2])
-    first = LevelPlan(
-        index=0,
-        kind="copy+downsample",
-        blocks=tuple(aligned_blocks(shape, block)),
-        block_shape=block,
-        bytes_per_task=int(min(unit0[0], shape[0]) * min(step[1], shape[1]) * min(step[2], shape[2]) * per_voxel)
-        + _chunks_in_flight_bytes(source, unit0, itemsize)
-        + source.working_bytes_fixed,
-    )
+    block, memory = streamed
+    first = LevelPlan(index=0, kind="copy+downsample", blocks=tuple(aligned_blocks(level0.shape, block)), block_shape=block, bytes_per_task=memory)
     return [first, LevelPlan(index=1, kind="fused", blocks=(), block_shape=first.block_shape, bytes_per_task=0)]
 
 
-def _chunks_in_flight_bytes(source: Source, unit0: Sequence[int], itemsize: int) -> int:
-    """Memory of the source chunks zarr decodes and the level-0 chunks (or shards) it
-    encodes at the same time, each up to its `async.concurrency` setting."""
+def _downsample_level(layout: PyramidLayout, index: int, method: str, itemsize: int, budget: int) -> LevelPlan:
+    """Level ``index`` from the level below on disk, streamed along z in steps of the
+    level below's write unit; blocks of whole write units of the level written."""
+    level, below = layout.levels[index], layout.levels[index - 1]
+    unit_out = level.shards or level.chunks  # tasks never share a chunk or a shard
+    unit_below = below.shards or below.chunks
+    per_output = bytes_per_output_voxel(itemsize, level.factors, method)
+    unit_in = tuple(f * u for f, u in zip(level.factors, unit_out))
+    chunks_below = math.prod(math.ceil(n / c) for n, c in zip(below.shape, unit_below))
+    fixed = _chunks_in_flight_bytes(math.prod(unit_below) * itemsize, chunks_below, math.prod(unit_out) * itemsize)
+    per_voxel = itemsize + per_output / math.prod(level.factors)
+    streamed = _streamed_blocks(below.shape, unit_in, unit_below[0], input_halo(method, level.factors), per_voxel, fixed, budget, itemsize)
+    if streamed is None:  # not even one step of one unit: blocks of whole units, as small as they come
+        return _level_plan(index, "downsample", level.shape, unit_out, per_output, budget)
+    block_in, memory = streamed
+    block = tuple(b // f for b, f in zip(block_in, level.factors))
+    return LevelPlan(index=index, kind="downsample", blocks=tuple(aligned_blocks(level.shape, block)), block_shape=block, bytes_per_task=memory)  # type: ignore[arg-type]
+
+
+def _streamed_blocks(
+    shape: tuple[int, ...], unit: tuple[int, ...], step: int, halo: tuple[int, ...], per_voxel: float, fixed: int, budget: int, itemsize: int
+) -> tuple[tuple[int, int, int], int] | None:
+    """The shape (input index space) of blocks streamed along z in steps of ``step``
+    planes, and their estimated memory; None when one step of one ``unit`` does not fit.
+
+    The budget, less the ``fixed`` part, sets the cross-section of one step (x grown
+    first, then y, in whole units); the block's length along z is then about a
+    budget's worth of input voxels, in whole units, and short enough for the level to
+    have ``MIN_BLOCKS`` blocks: longer blocks read less of their neighbours' planes
+    again (one step at each end), shorter ones spread better over workers."""
+    step_unit = (step, unit[1], unit[2])
+    # the halo makes the planes read a little more than the step
+    per_voxel *= math.prod((u + 2 * h) / u for u, h in zip(step_unit, halo))
+    room = budget - fixed
+    if math.prod(step_unit) * per_voxel > room:
+        return None
+    cross = grow_block((min(step, shape[0]), shape[1], shape[2]), step_unit, per_voxel, room)
+    plane_bytes = min(cross[1], shape[1]) * min(cross[2], shape[2]) * itemsize
+    length = max(1, budget // (plane_bytes * unit[0])) * unit[0]
+    # but at least MIN_BLOCKS blocks where the level has that many units, so that a
+    # level whose cross-section fits one step still keeps several workers busy
+    across = math.ceil(shape[1] / cross[1]) * math.ceil(shape[2] / cross[2])
+    along = math.ceil(MIN_BLOCKS / across)
+    length = min(length, max(1, math.ceil(shape[0] / along / unit[0])) * unit[0])
+    memory = int(min(step, shape[0]) * min(cross[1], shape[1]) * min(cross[2], shape[2]) * per_voxel) + fixed
+    return (length, cross[1], cross[2]), memory
+
+
+def _chunks_in_flight_bytes(source_chunk: int, source_chunks: int, write_unit: int) -> int:
+    """Memory of the input chunks zarr decodes and the output chunks (or shards) it
+    encodes at the same time, each up to its `async.concurrency` setting
+    (`python benchmarks/block_memory.py`: ~80 MiB above a step's share for 128^3
+    uint16 chunks, ten in flight)."""
     import zarr
 
     concurrency = int(zarr.config.get("async.concurrency") or 10)
-    source_bytes = 0
-    if source.preferred_block:
-        count = math.prod(math.ceil(n / c) for n, c in zip(source.shape, source.preferred_block))
-        source_bytes = min(concurrency, count) * math.prod(source.preferred_block) * source.dtype.itemsize
-    return source_bytes + concurrency * math.prod(unit0) * itemsize
+    return min(concurrency, source_chunks) * source_chunk + concurrency * write_unit
 
 
 def _fingerprint(source: Source, layout: PyramidLayout, method: str) -> str:

@@ -11,7 +11,7 @@ from scalereg.convert.copy_source_block import copy_and_downsample_block, copy_s
 from scalereg.convert.plan_conversion import ConversionPlan
 from scalereg.heap import heap_for_mid_size_allocations
 from scalereg.omezarr.level_checksums import ALGORITHM as CHECKSUM_ALGORITHM
-from scalereg.pyramid.downsample_block import downsample_block
+from scalereg.pyramid.stream_block import stream_downsample_block
 from scalereg.storage import exists, filesystem, join, open_array, write_marker
 from scalereg.storage_errors import translating
 
@@ -61,7 +61,7 @@ def run_block(plan: ConversionPlan, level: int, block: Block) -> dict[str, Any]:
         stats = copy_and_downsample_block(plan.source, target, _writable(plan, 1), block, factors, plan.method)
     else:
         source = open_array(join(plan.output, plan.layout.levels[level - 1].path), storage_options=options)
-        stats = downsample_block(source, target, block, plan.layout.levels[level].factors, plan.method)
+        stats = stream_downsample_block(source, target, block, plan.layout.levels[level].factors, plan.method)
     # the chunk digests, per level written, go into the marker: a resumed run that
     # skips this block still knows them for the levels' checksums
     digests = {str(level + offset): chunk_digests for offset, chunk_digests in enumerate(stats.pop("digests", []))}
