@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import threading
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ DEFAULT_LOCAL: dict[str, Any] = {
         "threads_per_worker": 1,
         "processes": True,
         "dashboard_address": ":0",
+        "preload": ["tasks.worker_preload"],
     },
 }
 
@@ -63,6 +66,48 @@ def _load(path: Path) -> dict[str, Any]:
     return spec
 
 
+# Clusters started ahead of their flow (`prestart_cluster`), by profile name: the
+# manager that started it and its scheduler address (or the error it met).
+_PRESTARTED: dict[str, tuple[Any, Future]] = {}
+
+
+def prestart_cluster(cluster: str | None, api_url: str | None) -> None:
+    """Start the cluster ``cluster`` names in a background thread, for the next
+    `dask_cluster` of the same name in this process to take over (and close, as ever).
+
+    The CLI calls this while Prefect's temporary server starts (seconds of imports in
+    a process of its own): the workers start and import what block tasks need
+    meanwhile, on a core that would otherwise wait.  ``api_url`` is where that server
+    will listen, for the workers' environment.  Addresses of running schedulers, and
+    profiles that do not load, are left to the flow (which reports them)."""
+    key = cluster or "local"
+    try:
+        spec = cluster_spec(cluster)
+    except InputError:
+        return
+    if "address" in spec or key in _PRESTARTED:
+        return
+    manager = _started_cluster(spec, cluster, api_url)
+    address: Future = Future()
+
+    def start() -> None:
+        try:
+            address.set_result(manager.__enter__())
+        except BaseException as error:  # noqa: BLE001 - handed to whoever takes the cluster
+            address.set_exception(error)
+
+    threading.Thread(target=start, name="dask-cluster-prestart", daemon=True).start()
+    _PRESTARTED[key] = (manager, address)
+
+
+def close_prestarted() -> None:
+    """Close clusters started ahead that no flow took over (the run stopped before)."""
+    while _PRESTARTED:
+        _, (manager, address) = _PRESTARTED.popitem()
+        if address.exception() is None:
+            manager.__exit__(None, None, None)
+
+
 @contextmanager
 def dask_cluster(cluster: str | None = None) -> Iterator[str]:
     """Start the cluster ``cluster`` names (or connect to an address) and yield its
@@ -72,9 +117,24 @@ def dask_cluster(cluster: str | None = None) -> Iterator[str]:
     A top-level flow enters this once and hands the address to the stage flows it
     calls, so that one run uses one cluster.  The profile's ``scale_kwargs`` go to
     ``cluster.scale`` (a fixed number of workers or jobs), its ``adapt_kwargs`` to
-    ``cluster.adapt``.
+    ``cluster.adapt``.  A cluster `prestart_cluster` started for this profile is
+    taken over instead of starting another.
     """
-    spec = cluster_spec(cluster)
+    taken = _PRESTARTED.pop(cluster or "local", None)
+    if taken is not None:
+        manager, address = taken
+        started = address.result()  # raises what starting it raised
+        try:
+            yield started
+        finally:
+            manager.__exit__(None, None, None)
+        return
+    with _started_cluster(cluster_spec(cluster), cluster, None) as address:
+        yield address
+
+
+@contextmanager
+def _started_cluster(spec: dict[str, Any], cluster: str | None, api_url: str | None) -> Iterator[str]:
     if "address" in spec:
         yield spec["address"]
         return
@@ -87,7 +147,7 @@ def dask_cluster(cluster: str | None = None) -> Iterator[str]:
     # starts its workers in the constructor, but a batch-system cluster submits jobs
     # at scale()/adapt() time and again whenever adapt() asks for more, and sbatch
     # hands each job the submitting process's environment as it is then.
-    with _shared_prefect_api():
+    with _shared_prefect_api(api_url):
         instance = cluster_class(**spec.get("cluster_kwargs", {}))
         try:
             if spec.get("scale_kwargs"):
@@ -111,16 +171,17 @@ def dask_cluster(cluster: str | None = None) -> Iterator[str]:
 
 
 @contextmanager
-def _shared_prefect_api() -> Iterator[None]:
-    """Point worker processes started here at this process's Prefect API, until exit
-    (when the variable's previous value, or its absence, is restored).
+def _shared_prefect_api(url: str | None = None) -> Iterator[None]:
+    """Point worker processes started here at this process's Prefect API (or at
+    ``url``, where a temporary server is starting), until exit (when the variable's
+    previous value, or its absence, is restored).
 
     Workers inherit the environment, not Prefect's in-process settings: without
     PREFECT_API_URL in the environment every Dask worker would start a temporary
     server of its own (seconds each, ~200 MB) and its task runs would not reach the
     flow's server.
     """
-    url = PREFECT_API_URL.value()
+    url = PREFECT_API_URL.value() or url
     if not url:
         from prefect.server.api.server import SubprocessASGIServer
 

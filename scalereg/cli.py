@@ -34,6 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("scalereg: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        if "flows.cluster" in sys.modules:  # a cluster started ahead that no flow took over
+            sys.modules["flows.cluster"].close_prestarted()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -179,7 +182,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _run_convert_flow(source: str, output: str, options: dict[str, Any], overwrite: bool, cluster: str) -> int:
-    prefect_ready = _start_prefect()
+    prefect_ready = _start_prefect(cluster)
     from flows.convert_volume import convert_volume
 
     prefect_ready()
@@ -265,7 +268,7 @@ def _warp(args: argparse.Namespace) -> int:
         print(f"{plan.output}: an earlier run of this warp exists ({state}); it will be {'left as is' if state == 'complete' else 'resumed'}")
     if args.dry_run:
         return 0
-    prefect_ready = _start_prefect()
+    prefect_ready = _start_prefect(args.cluster)
     from flows.warp_volume import warp_volume
 
     options["memory_budget"] = args.memory_budget or "auto"  # the flow sizes tiles from its workers' memory
@@ -325,7 +328,7 @@ def _transform_points(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    prefect_ready = _start_prefect()
+    prefect_ready = _start_prefect(args.cluster)
     from flows.parameters import ImageSource, RegistrationOptions, WarpOptions, parameters
     from flows.register_brain import register_brain
 
@@ -458,7 +461,7 @@ def _demo(args: argparse.Namespace) -> int:
     (out / "schedule.json").write_text(json.dumps(DEMO_SCHEDULE))
     print("moving: the same brain moved by a known affine and a smooth warp (moved.zarr)")
     print("running the register-brain flow: convert both, register coarse to fine, warp at full resolution\n")
-    prefect_ready = _start_prefect()
+    prefect_ready = _start_prefect(args.cluster)
     from flows.register_brain import register_brain
 
     as_read = {"spacing": list(mouse.spacing), "unit": mouse.unit, "orientation": mouse.orientation}  # a TIFF says none of it
@@ -522,27 +525,39 @@ def _path_or_uri(text: str) -> str:
     return text if "://" in text else os.path.abspath(text)
 
 
-def _start_prefect(verbose: bool = False) -> Callable[[], None]:
+def _start_prefect(cluster: str | None = None, verbose: bool = False) -> Callable[[], None]:
     """Quiet Prefect's console and, when no Prefect server is configured, start the
     temporary one Prefect would start for the first flow run, in a thread, so that it
-    comes up (about 5 s) while the flows are imported; returns a function that waits
-    for it (call it before running a flow)."""
+    comes up (about 5 s) while the flows are imported; start the Dask ``cluster`` the
+    flow will take over meanwhile (`flows.cluster.prestart_cluster`).  Returns a
+    function that waits for the server (call it before running a flow)."""
     # Without internet, telemetry would only fill the log with errors.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # The terminal shows a progress bar and warnings; every log line still reaches the
     # Prefect API (and the UI) whatever the console shows.
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    import prefect.context  # noqa: F401 - this process's settings, read before the cluster's environment changes
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
 
-    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
-        return lambda: None
-    from prefect.server.api.server import SubprocessASGIServer
+    ready: Callable[[], None] = lambda: None  # noqa: E731
+    url = None
+    if not PREFECT_API_URL.value() and PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        from prefect.server.api.server import SubprocessASGIServer
 
-    # the same instance Prefect's client starts (one per process): it is started once
-    starting = threading.Thread(target=SubprocessASGIServer().start, name="prefect-temporary-server", daemon=True)
-    starting.start()
-    return starting.join
+        # the same instance Prefect's client starts (one per process): it is started once;
+        # its port chosen here as start() would, so that workers can be told it now
+        server = SubprocessASGIServer()
+        if server.port is None:
+            server.port = server.find_available_port()
+        url = server.api_url
+        starting = threading.Thread(target=server.start, name="prefect-temporary-server", daemon=True)
+        starting.start()
+        ready = starting.join
+    from flows.cluster import prestart_cluster
+
+    prestart_cluster(cluster, url)  # `main` closes it if no flow takes it over
+    return ready
 
 
 if __name__ == "__main__":

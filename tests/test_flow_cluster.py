@@ -166,3 +166,55 @@ def test_bad_input_in_a_task_is_not_retried(prefect_server, threaded_cluster, tm
     )  # fmt: skip
     assert state.is_failed() and state.name == BAD_INPUT_STATE and "injected bad input" in state.message
     assert faults.calls and all(count == 1 for count in faults.calls.values())
+
+
+@pytest.fixture
+def counted_local_clusters(monkeypatch):
+    """Every distributed.LocalCluster the flows start, in order."""
+    import distributed
+
+    started = []
+
+    class Counted(distributed.LocalCluster):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            started.append(self)
+
+    monkeypatch.setattr(distributed, "LocalCluster", Counted)
+    return started
+
+
+def test_a_cluster_started_ahead_is_the_one_the_flow_runs_on(prefect_server, counted_local_clusters, tmp_path):
+    """The CLI starts the run's cluster while Prefect's server comes up; the flow takes
+    that cluster over (no second one) and closes it; its workers imported the block
+    tasks' modules as they started (tasks/worker_preload.py)."""
+    import sys
+
+    from distributed import Client
+
+    import flows.cluster as cluster_module
+    from flows.convert_volume import convert_volume
+
+    _, raw = _source(tmp_path)
+    cluster_module.prestart_cluster("local", None)
+    address = cluster_module._PRESTARTED["local"][1].result(timeout=120)
+    with Client(address) as client:
+        preloaded = client.run(lambda: "tasks.worker_preload" in sys.modules and "tasks.convert" in sys.modules)
+    assert preloaded and all(preloaded.values()), preloaded
+    state = convert_volume(source=raw, output=str(tmp_path / "out.ome.zarr"), spacing=[1.0, 1.0, 1.0], cluster="local", return_state=True)
+    assert state.is_completed(), state.message
+    assert len(counted_local_clusters) == 1 and counted_local_clusters[0].scheduler_address == address
+    assert counted_local_clusters[0].status.name == "closed" and not cluster_module._PRESTARTED
+
+
+def test_a_cluster_started_ahead_that_no_flow_takes_is_closed(counted_local_clusters):
+    import flows.cluster as cluster_module
+
+    cluster_module.prestart_cluster(None, "http://127.0.0.1:9/api")  # None: the local profile, as the CLI's default
+    cluster_module._PRESTARTED["local"][1].result(timeout=120)
+    cluster_module.prestart_cluster("local", None)  # started once per profile
+    assert len(counted_local_clusters) == 1
+    cluster_module.close_prestarted()
+    assert counted_local_clusters[0].status.name == "closed" and not cluster_module._PRESTARTED
+    cluster_module.prestart_cluster("tcp://127.0.0.1:9", None)  # a running scheduler: nothing to start
+    assert not cluster_module._PRESTARTED
