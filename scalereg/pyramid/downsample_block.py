@@ -1,4 +1,6 @@
-"""Build one block of pyramid level k+1 from level k on disk."""
+"""Build one block of pyramid level k+1 from level k, as one region: the reference
+(tests) and the building blocks (`footprint`, `downsample_region`) of the streamed
+blocks that conversions run (`scalereg.pyramid.stream_block`)."""
 
 from __future__ import annotations
 
@@ -22,15 +24,16 @@ def input_halo(method: str, factors: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def bytes_per_output_voxel(itemsize: int, factors: tuple[int, ...], method: str) -> float:
-    """Estimated peak bytes per output voxel of `downsample_block` (for block sizing).
+    """Estimated peak bytes per output voxel of downsampling (for block sizing).
 
     Gaussian: the input footprint (prod(factors) voxels per output voxel) in its own
     dtype, and 4 bytes per footprint voxel for zarr's chunk buffers while it is read
-    and the result written (the filter itself works in cache-sized slabs).  For fused
-    uint16 level-0 blocks this gives 8.25 bytes per block voxel; measured 3.4-7.3 for
-    blocks of 256^3 to 256 x 512 x 680 voxels (`python benchmarks/block_memory.py`;
-    the whole-block float32 filter it replaced took 9.2-12.1, over this estimate).
-    Mode: the grouped copy, its sorted copy and uint8 counts.
+    and the result written (the filter itself works in cache-sized slabs).  The
+    planner applies it, divided by the footprint, to one step of a streamed block
+    (`scalereg.pyramid.stream_block`): 8.25 bytes per step voxel for uint16, plus
+    zarr's chunks in flight; `python benchmarks/block_memory.py` measured about 6.4
+    per step voxel plus 80 MiB.  Mode: the grouped copy, its sorted copy and uint8
+    counts.
     """
     footprint = math.prod(factors)
     if method == "gaussian":
