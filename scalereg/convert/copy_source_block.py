@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from scalereg.blocks import Block, block_slices
+from scalereg.blocks import Block, block_slices, block_voxels
 from scalereg.errors import InputError
 from scalereg.io import Source
 from scalereg.omezarr.level_checksums import write_and_hash
@@ -37,7 +37,7 @@ def copy_and_downsample_block(
 
     step = (level0.shards or level0.chunks)[0]
     result = stream_block(read, source.shape, block, factors, method, level1, step, copy_to=level0)
-    return {**result, "voxels_written": int(np.prod([b - a for a, b in block]))}
+    return {**result, "voxels_written": block_voxels(block)}
 
 
 def read_checked(source: Source, region: tuple[slice, ...]) -> tuple[np.ndarray, dict[str, Any]]:

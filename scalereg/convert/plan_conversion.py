@@ -204,9 +204,7 @@ def _fused_first_levels(layout: PyramidLayout, method: str, itemsize: int, budge
     # working set (the step itself is its input)
     per_voxel = itemsize + bytes_per_output_voxel(itemsize, level1.factors, method) / math.prod(level1.factors)
     per_voxel += source.working_bytes_per_voxel
-    source_chunk = math.prod(source.preferred_block) * source.dtype.itemsize if source.preferred_block else 0
-    source_chunks = math.prod(math.ceil(n / c) for n, c in zip(source.shape, source.preferred_block)) if source.preferred_block else 0
-    fixed = source.working_bytes_fixed + _chunks_in_flight_bytes(source_chunk, source_chunks, math.prod(unit0) * itemsize)
+    fixed = source.working_bytes_fixed + _chunks_in_flight_bytes(source.shape, source.preferred_block, source.dtype.itemsize, unit0, itemsize)
     streamed = _streamed_blocks(level0.shape, unit, unit0[0], input_halo(method, level1.factors), per_voxel, fixed, budget, itemsize)
     if streamed is None:
         return []
@@ -223,8 +221,7 @@ def _downsample_level(layout: PyramidLayout, index: int, method: str, itemsize: 
     unit_below = below.shards or below.chunks
     per_output = bytes_per_output_voxel(itemsize, level.factors, method)
     unit_in = tuple(f * u for f, u in zip(level.factors, unit_out))
-    chunks_below = math.prod(math.ceil(n / c) for n, c in zip(below.shape, unit_below))
-    fixed = _chunks_in_flight_bytes(math.prod(unit_below) * itemsize, chunks_below, math.prod(unit_out) * itemsize)
+    fixed = _chunks_in_flight_bytes(below.shape, unit_below, itemsize, unit_out, itemsize)
     per_voxel = itemsize + per_output / math.prod(level.factors)
     streamed = _streamed_blocks(below.shape, unit_in, unit_below[0], input_halo(method, level.factors), per_voxel, fixed, budget, itemsize)
     if streamed is None:  # not even one step of one unit: blocks of whole units, as small as they come
@@ -263,15 +260,21 @@ def _streamed_blocks(
     return (length, cross[1], cross[2]), memory
 
 
-def _chunks_in_flight_bytes(source_chunk: int, source_chunks: int, write_unit: int) -> int:
-    """Memory of the input chunks zarr decodes and the output chunks (or shards) it
-    encodes at the same time, each up to its `async.concurrency` setting
-    (`python benchmarks/block_memory.py`: ~80 MiB above a step's share for 128^3
-    uint16 chunks, ten in flight)."""
+def _chunks_in_flight_bytes(
+    shape: Sequence[int], chunks: Sequence[int] | None, itemsize: int, write_unit: Sequence[int], write_itemsize: int
+) -> int:
+    """Memory of the input chunks (of an input of ``shape``; none when it is not
+    chunked) zarr decodes and the output chunks (or shards) it encodes at the same
+    time, each up to its `async.concurrency` setting (`python benchmarks/block_memory.py`:
+    ~80 MiB above a step's share for 128^3 uint16 chunks, ten in flight)."""
     import zarr
 
     concurrency = int(zarr.config.get("async.concurrency") or 10)
-    return min(concurrency, source_chunks) * source_chunk + concurrency * write_unit
+    decoded = 0
+    if chunks:
+        count = math.prod(math.ceil(n / c) for n, c in zip(shape, chunks))
+        decoded = min(concurrency, count) * math.prod(chunks) * itemsize
+    return decoded + concurrency * math.prod(write_unit) * write_itemsize
 
 
 def _fingerprint(source: Source, layout: PyramidLayout, method: str) -> str:

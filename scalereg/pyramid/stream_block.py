@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 import zarr
 
-from scalereg.blocks import Block
+from scalereg.blocks import Block, block_voxels
 from scalereg.omezarr.level_checksums import write_and_hash
 from scalereg.pyramid.downsample_block import downsample_region, footprint, input_halo
 
@@ -166,4 +166,4 @@ def stream_downsample_block(source: zarr.Array, target: zarr.Array, block: Block
         return np.asarray(source[region]), {}
 
     result = stream_block(read, source.shape, footprint_block, factors, method, target, step)  # type: ignore[arg-type]
-    return {**result, "voxels_written": int(np.prod([b - a for a, b in block]))}
+    return {**result, "voxels_written": block_voxels(block)}
