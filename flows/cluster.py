@@ -71,14 +71,14 @@ def _load(path: Path) -> dict[str, Any]:
 _PRESTARTED: dict[str, tuple[Any, Future]] = {}
 
 
-def prestart_cluster(cluster: str | None, api_url: str | None) -> None:
+def prestart_cluster(cluster: str | None) -> None:
     """Start the cluster ``cluster`` names in a background thread, for the next
     `dask_cluster` of the same name in this process to take over (and close, as ever).
 
     The CLI calls this while Prefect's temporary server starts (seconds of imports in
     a process of its own): the workers start and import what block tasks need
-    meanwhile, on a core that would otherwise wait.  ``api_url`` is where that server
-    will listen, for the workers' environment.  Addresses of running schedulers, and
+    meanwhile, on a core that would otherwise wait.  Workers are told this process's
+    Prefect API (PREFECT_API_URL, set before).  Addresses of running schedulers, and
     profiles that do not load, are left to the flow (which reports them)."""
     key = cluster or "local"
     try:
@@ -87,7 +87,7 @@ def prestart_cluster(cluster: str | None, api_url: str | None) -> None:
         return
     if "address" in spec or key in _PRESTARTED:
         return
-    manager = _started_cluster(spec, cluster, api_url)
+    manager = _started_cluster(spec, cluster)
     address: Future = Future()
 
     def start() -> None:
@@ -129,12 +129,12 @@ def dask_cluster(cluster: str | None = None) -> Iterator[str]:
         finally:
             manager.__exit__(None, None, None)
         return
-    with _started_cluster(cluster_spec(cluster), cluster, None) as address:
+    with _started_cluster(cluster_spec(cluster), cluster) as address:
         yield address
 
 
 @contextmanager
-def _started_cluster(spec: dict[str, Any], cluster: str | None, api_url: str | None) -> Iterator[str]:
+def _started_cluster(spec: dict[str, Any], cluster: str | None) -> Iterator[str]:
     if "address" in spec:
         yield spec["address"]
         return
@@ -147,7 +147,7 @@ def _started_cluster(spec: dict[str, Any], cluster: str | None, api_url: str | N
     # starts its workers in the constructor, but a batch-system cluster submits jobs
     # at scale()/adapt() time and again whenever adapt() asks for more, and sbatch
     # hands each job the submitting process's environment as it is then.
-    with _shared_prefect_api(api_url):
+    with _shared_prefect_api():
         instance = cluster_class(**spec.get("cluster_kwargs", {}))
         try:
             if spec.get("scale_kwargs"):
@@ -171,21 +171,20 @@ def _started_cluster(spec: dict[str, Any], cluster: str | None, api_url: str | N
 
 
 @contextmanager
-def _shared_prefect_api(url: str | None = None) -> Iterator[None]:
-    """Point worker processes started here at this process's Prefect API (or at
-    ``url``, where a temporary server is starting), until exit (when the variable's
-    previous value, or its absence, is restored).
+def _shared_prefect_api() -> Iterator[None]:
+    """Point worker processes started here at this process's Prefect API, until exit
+    (when the variable's previous value, or its absence, is restored).
 
     Workers inherit the environment, not Prefect's in-process settings: without
     PREFECT_API_URL in the environment every Dask worker would start a temporary
     server of its own (seconds each, ~200 MB) and its task runs would not reach the
     flow's server.
     """
-    url = PREFECT_API_URL.value() or url
-    if not url:
+    url = PREFECT_API_URL.value()
+    if not url:  # a flow run from Python on Prefect's own temporary server
         from prefect.server.api.server import SubprocessASGIServer
 
-        server = SubprocessASGIServer()  # the temporary server this process already uses
+        server = SubprocessASGIServer()  # the one this process already uses (one per process)
         server.start()
         url = server.api_url
     previous = os.environ.get("PREFECT_API_URL")
@@ -200,12 +199,13 @@ def _shared_prefect_api(url: str | None = None) -> Iterator[None]:
 
 
 @contextmanager
-def subflows_without_heartbeats() -> Iterator[None]:
+def without_flow_heartbeats() -> Iterator[None]:
     """Flow runs started inside send no heartbeats.  Prefect ends every flow run by
     joining its heartbeat thread, which sleeps in one-second steps: up to a second
-    lost per flow run, five per register-brain run.  A subflow runs in its parent's
-    process, whose own heartbeats (sent by the thread started before this) already
-    tell the server that the process is alive."""
+    lost per flow run, five per register-brain run.  Used for subflows, which run in
+    their parent's process, whose own heartbeats (sent by the thread started before
+    this) already tell the server that the process is alive; and by the CLI for a run
+    on its temporary server, which nothing else watches and which ends with the run."""
     from prefect.settings import temporary_settings
 
     with temporary_settings(updates={"flows.heartbeat_frequency": None}):
@@ -215,6 +215,26 @@ def subflows_without_heartbeats() -> Iterator[None]:
 def runner_for(address: str) -> DaskTaskRunner:
     """A task runner that submits to the running cluster at ``address``."""
     return DaskTaskRunner(address=address)
+
+
+def import_on_workers(module: str) -> None:
+    """Have every worker of the running flow's Dask cluster import ``module`` now, in
+    parallel, without waiting for it: ahead of tasks that run one after another and
+    would otherwise each pay the import on whichever worker they land (registration
+    steps and ANTs: about a second each time).  A no-op off a Dask task runner."""
+    from distributed import fire_and_forget
+    from prefect.context import FlowRunContext
+
+    runner = getattr(FlowRunContext.get(), "task_runner", None)
+    if not isinstance(runner, DaskTaskRunner):
+        return
+    client = runner.client
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    fire_and_forget([client.submit(_import, module, workers=[address], allow_other_workers=False, pure=False) for address in workers])
+
+
+def _import(module: str) -> None:
+    importlib.import_module(module)
 
 
 AUTO = "auto"  # a memory budget sized from the cluster's workers
@@ -304,7 +324,7 @@ def run_stage_on_cluster(inner_flow: Any, cluster: str | None, stage: str, param
             return Failed(name=BAD_INPUT_STATE, message=str(error))
         if tasks_per_level:
             parameters["tasks_per_level"] = 4 * capacity.threads
-        with subflows_without_heartbeats():
+        with without_flow_heartbeats():
             state = inner_flow.with_options(task_runner=runner_for(address))(**parameters, return_state=True)
     if state.is_failed():
         return Failed(name=state.name, message=state.message)

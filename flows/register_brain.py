@@ -24,7 +24,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed, Failed, State
 
 from flows.aws_credentials import environment, read_aws_credentials
-from flows.cluster import AUTO, cluster_capacity, dask_cluster, runner_for, subflows_without_heartbeats
+from flows.cluster import AUTO, cluster_capacity, dask_cluster, runner_for, without_flow_heartbeats
 from flows.convert_volume import convert_volume_blocks
 from flows.outputs import checked_output, lock_outputs
 from flows.parameters import Chunks, Cluster, ImageSource, Output, RegistrationOptions, WarpOptions
@@ -80,7 +80,7 @@ def register_brain(
         return Failed(name=BAD_INPUT, message=str(error))
     stages: list[dict[str, Any]] = []
     # the cluster starts inside: its workers inherit the block's credentials
-    with environment(credentials), locks, dask_cluster(cluster) as address, subflows_without_heartbeats():
+    with environment(credentials), locks, dask_cluster(cluster) as address, without_flow_heartbeats():
         runner = runner_for(address)
         capacity = cluster_capacity(address)
         tasks_per_level = 4 * capacity.threads

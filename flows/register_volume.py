@@ -20,7 +20,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, Failed, State
 from pydantic import Field
 
-from flows.cluster import AUTO, run_stage_on_cluster
+from flows.cluster import AUTO, import_on_workers, run_stage_on_cluster
 from flows.parameters import Cluster, MemoryBudget, Output, Schedule
 from scalereg.errors import InputError
 from scalereg.register.register_pyramids import DEFAULT_MEMORY_BUDGET, RegistrationRun
@@ -82,6 +82,7 @@ def register_volume_steps(
     """The registration steps as tasks on the flow's task runner, one after the other
     (each starts from the transforms of the ones before)."""
     logger = get_run_logger()
+    import_on_workers("tasks.register")  # ANTs, on every worker while the steps are planned here
     try:
         run = RegistrationRun(fixed, moving, out, schedule, memory_budget, fixed_mask, moving_mask, normalize, overwrite=overwrite)
     except InputError as error:

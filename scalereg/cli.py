@@ -11,9 +11,9 @@ import argparse
 import json
 import os
 import sys
-import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ContextManager, Iterator, Sequence
 
 from scalereg.errors import BAD_INPUT_STATE, InputError
 
@@ -185,8 +185,8 @@ def _run_convert_flow(source: str, output: str, options: dict[str, Any], overwri
     prefect_ready = _start_prefect(cluster)
     from flows.convert_volume import convert_volume
 
-    prefect_ready()
-    state = convert_volume(source=source, output=output, overwrite=overwrite, cluster=cluster, return_state=True, **options)
+    with prefect_ready():
+        state = convert_volume(source=source, output=output, overwrite=overwrite, cluster=cluster, return_state=True, **options)
     if state.is_failed():
         print(f"scalereg: error: {state.message}", file=sys.stderr)
         return EXIT_USER_ERROR if state.name == BAD_INPUT_STATE else 1
@@ -272,8 +272,8 @@ def _warp(args: argparse.Namespace) -> int:
     from flows.warp_volume import warp_volume
 
     options["memory_budget"] = args.memory_budget or "auto"  # the flow sizes tiles from its workers' memory
-    prefect_ready()
-    flow_state = warp_volume(**options, overwrite=args.overwrite, cluster=args.cluster, return_state=True)
+    with prefect_ready():
+        flow_state = warp_volume(**options, overwrite=args.overwrite, cluster=args.cluster, return_state=True)
     if flow_state.is_failed():
         print(f"scalereg: error: {flow_state.message}", file=sys.stderr)
         return EXIT_USER_ERROR if flow_state.name == BAD_INPUT_STATE else 1
@@ -339,13 +339,13 @@ def _run(args: argparse.Namespace) -> int:
         )
         for role in ("fixed", "moving")
     }  # fmt: skip
-    prefect_ready()
-    state = register_brain(
-        **images, out=_path_or_uri(args.out),
-        registration=parameters(RegistrationOptions, "--schedule/--memory-budget", schedule=args.schedule, memory_budget=args.memory_budget),
-        warp=parameters(WarpOptions, "--warp-memory-budget", interpolation=args.interpolation, memory_budget=args.warp_memory_budget),
-        chunks=args.chunks, overwrite=args.overwrite, cluster=args.cluster, return_state=True,
-    )  # fmt: skip
+    with prefect_ready():
+        state = register_brain(
+            **images, out=_path_or_uri(args.out),
+            registration=parameters(RegistrationOptions, "--schedule/--memory-budget", schedule=args.schedule, memory_budget=args.memory_budget),
+            warp=parameters(WarpOptions, "--warp-memory-budget", interpolation=args.interpolation, memory_budget=args.warp_memory_budget),
+            chunks=args.chunks, overwrite=args.overwrite, cluster=args.cluster, return_state=True,
+        )  # fmt: skip
     code = _print_stages(state)
     if code == 0:
         print(f"report: {state.result()['report']}")
@@ -465,11 +465,11 @@ def _demo(args: argparse.Namespace) -> int:
     from flows.register_brain import register_brain
 
     as_read = {"spacing": list(mouse.spacing), "unit": mouse.unit, "orientation": mouse.orientation}  # a TIFF says none of it
-    prefect_ready()
-    state = register_brain(
-        fixed={"uri": str(mouse.path), **as_read}, moving={"uri": str(out / "moved.zarr"), **as_read}, out=str(out),
-        registration={"schedule": str(out / "schedule.json")}, chunks=64, cluster=args.cluster, return_state=True,
-    )  # fmt: skip
+    with prefect_ready():
+        state = register_brain(
+            fixed={"uri": str(mouse.path), **as_read}, moving={"uri": str(out / "moved.zarr"), **as_read}, out=str(out),
+            registration={"schedule": str(out / "schedule.json")}, chunks=64, cluster=args.cluster, return_state=True,
+        )  # fmt: skip
     code = _print_stages(state)
     if code:
         return code
@@ -525,39 +525,51 @@ def _path_or_uri(text: str) -> str:
     return text if "://" in text else os.path.abspath(text)
 
 
-def _start_prefect(cluster: str | None = None, verbose: bool = False) -> Callable[[], None]:
-    """Quiet Prefect's console and, when no Prefect server is configured, start the
-    temporary one Prefect would start for the first flow run, in a thread, so that it
-    comes up (about 5 s) while the flows are imported; start the Dask ``cluster`` the
-    flow will take over meanwhile (`flows.cluster.prestart_cluster`).  Returns a
-    function that waits for the server (call it before running a flow)."""
+def _start_prefect(cluster: str | None = None, verbose: bool = False) -> Callable[[], ContextManager[None]]:
+    """Quiet Prefect's console; when no Prefect server is configured, launch the
+    temporary one Prefect would start for the first flow run (`flows.temporary_server`:
+    it comes up, about 3 s, while the flows are imported), and start the Dask
+    ``cluster`` the flow will take over meanwhile (`flows.cluster.prestart_cluster`).
+    Returns ``ready``: the context to run the flow in (it waits for the server first;
+    a run on the temporary server, which nothing else watches, sends no heartbeats)."""
     # Without internet, telemetry would only fill the log with errors.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # The terminal shows a progress bar and warnings; every log line still reaches the
     # Prefect API (and the UI) whatever the console shows.
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
-    import prefect.context  # noqa: F401 - this process's settings, read before the cluster's environment changes
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED, get_current_settings
 
-    ready: Callable[[], None] = lambda: None  # noqa: E731
-    url = None
+    server = None
     if not PREFECT_API_URL.value() and PREFECT_SERVER_EPHEMERAL_ENABLED.value():
-        from prefect.server.api.server import SubprocessASGIServer
+        from flows.temporary_server import TemporaryServer
 
-        # the same instance Prefect's client starts (one per process): it is started once;
-        # its port chosen here as start() would, so that workers can be told it now
-        server = SubprocessASGIServer()
-        if server.port is None:
-            server.port = server.find_available_port()
-        url = server.api_url
-        starting = threading.Thread(target=server.start, name="prefect-temporary-server", daemon=True)
-        starting.start()
-        ready = starting.join
-    from flows.cluster import prestart_cluster
+        server = TemporaryServer(get_current_settings().to_environment_variables(exclude_unset=True))
+        _use_prefect_api(server.api_url)  # this process and the workers it starts
+    from flows.cluster import close_prestarted, prestart_cluster, without_flow_heartbeats
 
-    prestart_cluster(cluster, url)  # `main` closes it if no flow takes it over
+    prestart_cluster(cluster)  # `main` closes it if no flow takes it over
+
+    @contextmanager
+    def ready() -> Iterator[None]:
+        if server is None:
+            yield
+            return
+        server.wait()
+        if server.api_url != os.environ["PREFECT_API_URL"]:  # its port was taken: launched again on another
+            _use_prefect_api(server.api_url)
+            close_prestarted()  # its workers were told the old address; the flow starts the cluster afresh
+        with without_flow_heartbeats():
+            yield
+
     return ready
+
+
+def _use_prefect_api(url: str) -> None:
+    import prefect.context
+
+    os.environ["PREFECT_API_URL"] = url
+    prefect.context.refresh_global_settings_context()  # Prefect's settings read the environment once
 
 
 if __name__ == "__main__":

@@ -196,7 +196,7 @@ def test_a_cluster_started_ahead_is_the_one_the_flow_runs_on(prefect_server, cou
     from flows.convert_volume import convert_volume
 
     _, raw = _source(tmp_path)
-    cluster_module.prestart_cluster("local", None)
+    cluster_module.prestart_cluster("local")
     address = cluster_module._PRESTARTED["local"][1].result(timeout=120)
     with Client(address) as client:
         preloaded = client.run(lambda: "tasks.worker_preload" in sys.modules and "tasks.convert" in sys.modules)
@@ -207,14 +207,41 @@ def test_a_cluster_started_ahead_is_the_one_the_flow_runs_on(prefect_server, cou
     assert counted_local_clusters[0].status.name == "closed" and not cluster_module._PRESTARTED
 
 
-def test_a_cluster_started_ahead_that_no_flow_takes_is_closed(counted_local_clusters):
+def test_a_cluster_started_ahead_that_no_flow_takes_is_closed(prefect_server, counted_local_clusters):
     import flows.cluster as cluster_module
 
-    cluster_module.prestart_cluster(None, "http://127.0.0.1:9/api")  # None: the local profile, as the CLI's default
+    cluster_module.prestart_cluster(None)  # None: the local profile, as the CLI's default
     cluster_module._PRESTARTED["local"][1].result(timeout=120)
-    cluster_module.prestart_cluster("local", None)  # started once per profile
+    cluster_module.prestart_cluster("local")  # started once per profile
     assert len(counted_local_clusters) == 1
     cluster_module.close_prestarted()
     assert counted_local_clusters[0].status.name == "closed" and not cluster_module._PRESTARTED
-    cluster_module.prestart_cluster("tcp://127.0.0.1:9", None)  # a running scheduler: nothing to start
+    cluster_module.prestart_cluster("tcp://127.0.0.1:9")  # a running scheduler: nothing to start
     assert not cluster_module._PRESTARTED
+
+
+def test_workers_import_a_module_ahead_of_the_tasks_that_need_it(prefect_server):
+    """The registration flow has every worker import ANTs at once, instead of each
+    step paying for it on whichever worker it lands; off a Dask runner nothing happens."""
+    import sys
+
+    from distributed import Client, LocalCluster
+    from prefect import flow
+
+    from flows.cluster import import_on_workers, runner_for
+
+    @flow
+    def warm() -> None:
+        import_on_workers("tasks.register")
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster, Client(cluster) as client:
+        def has_ants() -> bool:
+            return "ants" in sys.modules
+
+        assert not any(client.run(has_ants).values())
+        warm.with_options(task_runner=runner_for(cluster.scheduler_address))()
+        deadline = time.monotonic() + 120
+        while not all(client.run(has_ants).values()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert all(client.run(has_ants).values()) and len(client.run(has_ants)) == 2
+    warm()  # the default thread-pool runner: a no-op, no error
