@@ -10,7 +10,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import yaml
 from prefect.settings import PREFECT_API_URL
@@ -217,11 +217,12 @@ def runner_for(address: str) -> DaskTaskRunner:
     return DaskTaskRunner(address=address)
 
 
-def import_on_workers(module: str) -> None:
-    """Have every worker of the running flow's Dask cluster import ``module`` now, in
-    parallel, without waiting for it: ahead of tasks that run one after another and
-    would otherwise each pay the import on whichever worker they land (registration
-    steps and ANTs: about a second each time).  A no-op off a Dask task runner."""
+def run_on_workers(function: Callable[[], Any]) -> None:
+    """Have every worker of the running flow's Dask cluster call ``function`` now, in
+    parallel, without waiting for it: an import ahead of tasks that run one after
+    another and would otherwise each pay it on whichever worker they land
+    (registration steps and ANTs: about a second each time).  A no-op off a Dask task
+    runner."""
     from distributed import fire_and_forget
     from prefect.context import FlowRunContext
 
@@ -230,11 +231,7 @@ def import_on_workers(module: str) -> None:
         return
     client = runner.client
     workers = client.scheduler_info(n_workers=-1).get("workers", {})
-    fire_and_forget([client.submit(_import, module, workers=[address], allow_other_workers=False, pure=False) for address in workers])
-
-
-def _import(module: str) -> None:
-    importlib.import_module(module)
+    fire_and_forget([client.submit(function, workers=[address], allow_other_workers=False, pure=False) for address in workers])
 
 
 AUTO = "auto"  # a memory budget sized from the cluster's workers

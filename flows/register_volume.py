@@ -20,9 +20,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, Failed, State
 from pydantic import Field
 
-from flows.cluster import AUTO, import_on_workers, run_stage_on_cluster
+from flows.cluster import AUTO, run_on_workers, run_stage_on_cluster
 from flows.parameters import Cluster, MemoryBudget, Output, Schedule
 from scalereg.errors import InputError
+from scalereg.register.ants_image import load_ants
 from scalereg.register.register_pyramids import DEFAULT_MEMORY_BUDGET, RegistrationRun
 from scalereg.storage import join
 from tasks.artifacts import artifact_key
@@ -82,7 +83,7 @@ def register_volume_steps(
     """The registration steps as tasks on the flow's task runner, one after the other
     (each starts from the transforms of the ones before)."""
     logger = get_run_logger()
-    import_on_workers("tasks.register")  # ANTs, on every worker while the steps are planned here
+    run_on_workers(load_ants)  # on every worker while the steps are planned here (where ANTs is not needed)
     try:
         run = RegistrationRun(fixed, moving, out, schedule, memory_budget, fixed_mask, moving_mask, normalize, overwrite=overwrite)
     except InputError as error:

@@ -145,6 +145,21 @@ def test_conversion_and_warp_never_load_ants():
     assert result.returncode == 0, result.stderr
 
 
+def test_the_registration_flows_driver_does_not_load_ants():
+    """A registration flow plans its steps in the driver and runs them on workers:
+    the driver (the CLI's process) must not pay ANTs' second and 0.2 GiB at start-up;
+    the module that runs the steps loads it when first used."""
+    code = (
+        "import sys, scalereg.cli, flows.register_brain, flows.register_volume, tasks.register, scalereg.register\n"
+        "assert 'ants' not in sys.modules, 'ants imported'\n"
+        "from scalereg.register.ants_image import ants\n"
+        "assert ants.ANTsImage.__module__.startswith('ants'), 'not ANTs'\n"
+        "assert 'ants' in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
 def test_bad_voxels_found_mid_run_exit_2_without_traceback(tmp_path):
     volume = phantom((32, 32, 32), "float32")
     volume[25, 3, 4] = np.nan

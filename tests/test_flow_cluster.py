@@ -220,7 +220,7 @@ def test_a_cluster_started_ahead_that_no_flow_takes_is_closed(prefect_server, co
     assert not cluster_module._PRESTARTED
 
 
-def test_workers_import_a_module_ahead_of_the_tasks_that_need_it(prefect_server):
+def test_workers_load_ants_ahead_of_the_registration_steps(prefect_server):
     """The registration flow has every worker import ANTs at once, instead of each
     step paying for it on whichever worker it lands; off a Dask runner nothing happens."""
     import sys
@@ -228,11 +228,12 @@ def test_workers_import_a_module_ahead_of_the_tasks_that_need_it(prefect_server)
     from distributed import Client, LocalCluster
     from prefect import flow
 
-    from flows.cluster import import_on_workers, runner_for
+    from flows.cluster import run_on_workers, runner_for
+    from scalereg.register.ants_image import load_ants
 
     @flow
     def warm() -> None:
-        import_on_workers("tasks.register")
+        run_on_workers(load_ants)
 
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster, Client(cluster) as client:
         def has_ants() -> bool:

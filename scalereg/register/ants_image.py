@@ -2,16 +2,38 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import threading
+from types import ModuleType
+from typing import Any
 
-# ITK reads its thread count when the library loads: set it before importing ants.
-os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", str(max(1, len(os.sched_getaffinity(0)))))
+import numpy as np
 
-import ants  # noqa: E402
-import numpy as np  # noqa: E402
+from scalereg.errors import InputError
+from scalereg.geometry import UNITS_IN_MICROMETERS, Geometry, geometry_from_lps
 
-from scalereg.errors import InputError  # noqa: E402
-from scalereg.geometry import UNITS_IN_MICROMETERS, Geometry, geometry_from_lps  # noqa: E402
+_loading = threading.Lock()
+
+
+def load_ants() -> ModuleType:
+    """ANTs (antspyx), imported on first call: about a second and 0.2 GiB (ITK's
+    libraries, and pandas, scikit-learn and matplotlib that antspyx imports), which a
+    process that only plans registration steps (a flow's driver) never needs."""
+    with _loading:
+        # ITK reads its thread count when the library loads: set it before importing ants.
+        os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", str(max(1, len(os.sched_getaffinity(0)))))
+        return importlib.import_module("ants")
+
+
+class _Ants:
+    """The ``ants`` module, imported when an attribute is first used (`load_ants`)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(load_ants(), name)
+
+
+ants: Any = _Ants()
 
 
 def to_ants_image(array: np.ndarray, geometry: Geometry, subject: str = "image") -> "ants.ANTsImage":
