@@ -121,6 +121,12 @@ def test_info_and_validate(files, tmp_path, capsys):
     assert "voxel centres" in capsys.readouterr().out
 
 
+def _python(code: str) -> None:
+    """Run ``code`` in a fresh interpreter (nothing imported yet); it must succeed."""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
 def test_core_never_imports_prefect():
     code = (
         "import sys, scalereg, scalereg.io, scalereg.convert, scalereg.omezarr, scalereg.pyramid, "
@@ -129,8 +135,7 @@ def test_core_never_imports_prefect():
         "main(['info', '/nonexistent'])\n"
         "assert not any(m == 'prefect' or m.startswith('prefect.') for m in sys.modules), 'prefect imported'\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
+    _python(code)
 
 
 def test_conversion_and_warp_never_load_ants():
@@ -141,8 +146,7 @@ def test_conversion_and_warp_never_load_ants():
         "import sys, scalereg.cli, flows.cluster, flows.convert_volume, flows.warp_volume, tasks.convert\n"
         "assert 'ants' not in sys.modules, 'ants imported'\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
+    _python(code)
 
 
 def test_the_registration_flows_driver_does_not_load_ants():
@@ -156,8 +160,7 @@ def test_the_registration_flows_driver_does_not_load_ants():
         "assert ants.ANTsImage.__module__.startswith('ants'), 'not ANTs'\n"
         "assert 'ants' in sys.modules\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
+    _python(code)
 
 
 def test_bad_voxels_found_mid_run_exit_2_without_traceback(tmp_path):
