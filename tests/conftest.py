@@ -9,6 +9,12 @@ import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+# Prefect's console log handler binds sys.stderr when Prefect is first imported.  Import
+# it now, under pytest's session-wide capture: first imported inside a test that
+# captures with capsys, it would keep writing to that test's stream after it closed, and
+# a later capsys test would find "--- Logging error ---" in its stderr.
+import prefect.main  # noqa: E402, F401
+
 
 def phantom(shape: tuple[int, int, int], dtype: str = "uint16", seed: int = 0) -> np.ndarray:
     """A brain-like test volume: smooth blobs over a dark background, deterministic."""
