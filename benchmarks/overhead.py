@@ -178,6 +178,9 @@ def flow_stage_seconds(api_url: str) -> dict[str, float]:
         top = max((r for r in runs if names[r.flow_id] == "register-brain" and r.start_time), key=lambda r: r.start_time)
         stages = sorted((r for r in runs if r.parent_task_run_id and r.start_time and r.start_time >= top.start_time and r.end_time), key=lambda r: r.start_time)
         seconds = {f"{names[r.flow_id]} ({r.name})": (r.end_time - r.start_time).total_seconds() for r in stages}
+        conversions = [r for r in stages if names[r.flow_id].startswith("convert-")]
+        if len(conversions) > 1:  # they run side by side: the time they took together
+            seconds["conversions, first start to last end"] = (max(r.end_time for r in conversions) - min(r.start_time for r in conversions)).total_seconds()
         seconds["register-brain, whole"] = (top.end_time - top.start_time).total_seconds()
     return seconds
 

@@ -29,7 +29,9 @@ from flows.convert_volume import convert_volume_blocks
 from flows.outputs import checked_output, lock_outputs
 from flows.parameters import Chunks, Cluster, ImageSource, Output, RegistrationOptions, WarpOptions
 from flows.register_volume import register_volume_steps
+from flows.side_by_side import first_failure, run_side_by_side
 from flows.warp_volume import warp_volume_tiles
+from scalereg.convert import plan_conversion
 from scalereg.errors import InputError
 from scalereg.omezarr import read_pyramid
 from scalereg.storage import join, normalize_uri, redact_uri, write_bytes
@@ -92,21 +94,30 @@ def register_brain(
             }
         except InputError as error:
             return Failed(name=BAD_INPUT, message=str(error))
-        pyramids = {}
+        pyramids, conversions = {}, {}
         for role, image in (("fixed", fixed), ("moving", moving)):
             if _usable_pyramid(image.uri) and not image.overrides_anything():
                 pyramids[role] = normalize_uri(image.uri)
-                stages.append({"stage": f"convert {role}", "state": "skipped: already an OME-Zarr pyramid", "output": pyramids[role]})
                 continue
-            output = join(out, f"{role}.ome.zarr")
-            state = convert_volume_blocks.with_options(task_runner=runner, name=f"convert-{role}")(
-                source=image.uri, output=output, **image.overrides(), chunks=chunks, memory_budget=budgets["conversion"], overwrite=overwrite, tasks_per_level=tasks_per_level, return_state=True,
+            pyramids[role] = join(out, f"{role}.ome.zarr")
+            conversions[role] = (
+                convert_volume_blocks.with_options(task_runner=runner, name=f"convert-{role}"),
+                dict(source=image.uri, output=pyramids[role], **image.overrides(), chunks=chunks, memory_budget=budgets["conversion"],
+                     overwrite=overwrite, tasks_per_level=tasks_per_level),
             )  # fmt: skip
-            if state.is_failed():
-                return Failed(name=state.name, message=state.message)
-            result = state.result()
-            pyramids[role] = output
-            stages.append({"stage": f"convert {role}", "state": _state_text(result), "output": output})
+        try:  # every source opened (headers only) before anything is written: a bad one fails the run now
+            for _, parameters in conversions.values():
+                plan_conversion(**{key: parameters[key] for key in ("source", "output", "spacing", "unit", "orientation", "chunks", "memory_budget")})
+        except InputError as error:
+            return Failed(name=BAD_INPUT, message=str(error))
+        # the two conversions side by side on the cluster: each fills the other's idle gaps
+        states = dict(zip(conversions, run_side_by_side(list(conversions.values()))))
+        failed = first_failure(list(states.values()))
+        if failed is not None:
+            return Failed(name=failed.name, message=failed.message)
+        for role in ("fixed", "moving"):
+            text = _state_text(states[role].result()) if role in states else "skipped: already an OME-Zarr pyramid"
+            stages.append({"stage": f"convert {role}", "state": text, "output": pyramids[role]})
 
         transform = join(out, "transform")
         state = register_volume_steps.with_options(task_runner=runner)(

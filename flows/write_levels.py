@@ -11,10 +11,11 @@ import time
 from typing import Any
 
 from prefect import get_run_logger
-from prefect.futures import as_completed
-from prefect.states import Failed, State
+from prefect.futures import PrefectFuture, as_completed
+from prefect.states import Cancelled, Failed, State
 from tqdm import tqdm
 
+from flows.side_by_side import STOPPED, on_stop, stop_requested
 from scalereg.blocks import balanced_batches, block_name
 from scalereg.convert import ConversionPlan, finish_conversion, finish_level, prepare_output
 from tasks.artifacts import ProgressArtifact, publish_level_table
@@ -54,18 +55,31 @@ def write_levels(plan: ConversionPlan, name: str, tasks_per_level: int, label: s
                 for batch in balanced_batches(level.blocks, tasks_per_level)
             ]
             results = []
-            for future in as_completed(futures):
-                future.result(raise_on_failure=False)  # waits; the state is final after this
-                failure = bad_input_message(future.state)
-                if failure:
-                    return Failed(name=BAD_INPUT, message=failure)
-                done = future.result()
-                results.extend(done)
-                bar.update(len(done))
-                progress.advance(len(done))
+            # a stage running side by side that fails cancels these: as_completed yields them at once
+            with on_stop(lambda: _cancel(futures)):
+                for future in as_completed(futures):
+                    if stop_requested():
+                        return Cancelled(message=STOPPED)
+                    future.result(raise_on_failure=False)  # waits; the state is final after this
+                    failure = bad_input_message(future.state)
+                    if failure:
+                        _cancel(futures)  # the level's blocks not started yet: the run fails now
+                        return Failed(name=BAD_INPUT, message=failure)
+                    done = future.result()
+                    results.extend(done)
+                    bar.update(len(done))
+                    progress.advance(len(done))
             row = finish_level(plan, level.index, results, time.perf_counter() - start)
             publish_level_table(name, row)
             rows.append(row)
             logger.info("level %d: %s voxels, %d %s, %.1f s", level.index, row["shape"], row["blocks"], label, row["seconds"])
     finish_conversion(plan)
     return rows
+
+
+def _cancel(futures: list[PrefectFuture]) -> None:
+    """Cancel the tasks of ``futures`` that have not started (a started one runs to its end)."""
+    for future in futures:
+        cancel = getattr(getattr(future, "wrapped_future", None), "cancel", None)  # distributed.Future
+        if cancel is not None:
+            cancel()
