@@ -1,14 +1,19 @@
 """Run independent stage flows of one run side by side, and stop the others when one fails.
 
 A top-level flow's independent stages (register-brain's fixed and moving conversions)
-share its Dask cluster.  Run one after the other, each leaves the workers idle while
-it plans, waits for the last block of a level and publishes its artifacts; side by
-side, each fills the other's gaps.  Each stage flow runs in a thread of its own with
-a copy of the caller's Prefect context, so that it is a child run of the caller's flow.
+share its Dask cluster.  One conversion alone leaves workers idle wherever it has fewer
+blocks than the cluster has threads (its coarse levels; every level waits for its last
+block) and while its driver plans and publishes artifacts; side by side, each fills the
+other's gaps.  That matters on a cluster of many workers; on two workers that both keep
+busy it made no measurable difference (benchmarks/overhead.py: 15.4 s for both
+conversions side by side, 15.5 s one after the other).  Each stage flow runs in a thread
+of its own with a copy of the caller's Prefect context, so that it is a child run of
+the caller's flow.
 
-A stage that fails (a bad input found in a block) asks the others to stop: stage flows
-that write levels (`flows.write_levels`) cancel their blocks not yet started and return
-a Cancelled state, so that the run still fails at once with the first stage's message.
+A stage that fails (a bad input found in a block) asks the others to stop, as does an
+interrupt of the caller (Ctrl-C): stage flows that write levels (`flows.write_levels`)
+cancel their blocks not yet started and return a Cancelled state, so that the run
+still fails at once with the first stage's message.
 """
 
 from __future__ import annotations
@@ -137,7 +142,11 @@ def run_side_by_side(stages: list[tuple[Flow, dict[str, Any]]]) -> list[State]:
     contexts = [contextvars.copy_context() for _ in stages]
     with ThreadPoolExecutor(max_workers=len(stages), thread_name_prefix="stage") as pool:
         futures = [pool.submit(context.run, run, index, *stage) for index, (context, stage) in enumerate(zip(contexts, stages))]
-        return [future.result() for future in futures]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:  # a stage raised, or Ctrl-C here: the others stop at their next block
+            signal.set()
+            raise
 
 
 def first_failure(states: list[State]) -> State | None:
