@@ -113,7 +113,7 @@ class OutputLock:
         if self._record is not None:
             raise RuntimeError(f"{self.uri} is already held by this OutputLock")
         try:
-            with storage_errors(self.uri):
+            with storage_errors(self.output):  # the user named the output, not its lock
                 record, version = self._take()
         except PermissionError as error:  # a local directory this run may not write in
             raise InputError(self.output, f"cannot create its lock {self.uri}: {error.strerror or error}") from None

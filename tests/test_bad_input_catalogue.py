@@ -356,6 +356,8 @@ def _check_message(message: str, case: Case, output: str) -> None:
     assert re.search(case.expect, message, re.IGNORECASE), message
     names = output if case.names == OUTPUT else case.names
     assert names.lower() in message.lower(), f"{message!r} does not name {names}"
+    if case.names == OUTPUT:  # the output given, not a file scalereg keeps beside it
+        assert f"{output}.lock".lower() not in message.lower(), f"{message!r} names the output's lock"
     assert "Traceback" not in message, message
 
 
