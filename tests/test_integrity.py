@@ -73,6 +73,20 @@ def test_a_removed_chunk_is_found(source, tmp_path):
     assert np.asarray(zarr.open_array(str(out / "0"))[:]).shape == (50, 90, 70)
 
 
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_chunk_that_cannot_be_decoded_is_reported_by_its_index_not_raised(source, tmp_path, capsys, damage):
+    out = tmp_path / "brain.ome.zarr"
+    convert_volume(source, str(out), **OPTIONS)
+    chunk = out / "0" / "c" / "1" / "2" / "3"  # zarr v3 chunk key of chunk (1, 2, 3)
+    data = chunk.read_bytes()
+    chunk.write_bytes(b"not a compressed chunk" * 8 if damage == "garbage" else data[: len(data) // 2])
+    problems = validate_pyramid(str(out))
+    assert len(problems) == 1 and problems[0].startswith("level 0: chunk 1.2.3 cannot be decoded"), problems
+    assert main(["validate", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert "chunk 1.2.3 cannot be decoded" in captured.out and "Traceback" not in captured.out + captured.err
+
+
 # ------------------------------------------------- transform directories and warped outputs
 
 SMALL_SCHEDULE = {

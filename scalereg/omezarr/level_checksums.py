@@ -107,6 +107,28 @@ def level_checksum(digests: dict[str, str], shape: Sequence[int], chunks: Sequen
     return "sha256:" + total.hexdigest()
 
 
+class UnreadableChunk(ValueError):
+    """A stored chunk that cannot be decoded: corrupted or truncated since it was written."""
+
+    def __init__(self, index: Sequence[int], error: BaseException) -> None:
+        self.index = tuple(index)
+        super().__init__(f"chunk {'.'.join(map(str, index))} cannot be decoded ({type(error).__name__}: {error})")
+
+
+def _read(array: Any, block: Block) -> np.ndarray:
+    """``array``'s region ``block``; a chunk that cannot be decoded raises UnreadableChunk
+    naming it (errors of the store itself, e.g. an unreachable bucket, pass unchanged)."""
+    try:
+        return array[block_slices(block)]
+    except (RuntimeError, ValueError, TypeError) as error:  # what codecs raise for bytes they cannot decode
+        for chunk in iter_chunk_blocks(block, array.chunks):
+            try:
+                array[block_slices(chunk)]
+            except (RuntimeError, ValueError, TypeError) as found:
+                raise UnreadableChunk([a // c for (a, _), c in zip(chunk, array.chunks)], found) from None
+        raise error
+
+
 def compute_level_checksum(array: Any, read_bytes: int = 64 * 2**20, algorithm: str | None = None) -> str:
     """Recompute a stored level's checksum, reading a row of up to ``read_bytes`` of
     chunks at a time (memory bounded whatever the level's size).  Any number of
@@ -118,7 +140,7 @@ def compute_level_checksum(array: Any, read_bytes: int = 64 * 2**20, algorithm: 
     along_last = max(1, min(math.ceil(array.shape[-1] / chunks[-1]), read_bytes // per_chunk))
     digests: dict[str, str] = {}
     for block in aligned_blocks(array.shape, (*chunks[:-1], chunks[-1] * along_last)):
-        digests.update(chunk_digests(chunks, block, array[block_slices(block)], algorithm))  # type: ignore[arg-type]
+        digests.update(chunk_digests(chunks, block, _read(array, block), algorithm))  # type: ignore[arg-type]
     checksum = level_checksum(digests, array.shape, chunks)
     assert checksum is not None  # every chunk was hashed
     return checksum

@@ -15,7 +15,7 @@ import json
 from typing import Any
 
 from scalereg.omezarr.level_checksums import ALGORITHM as LEVEL_ALGORITHM
-from scalereg.omezarr.level_checksums import compute_level_checksum, known_algorithm
+from scalereg.omezarr.level_checksums import UnreadableChunk, compute_level_checksum, known_algorithm
 from scalereg.storage import exists, filesystem, join, open_array
 
 MANIFEST = "manifest.json"
@@ -81,6 +81,12 @@ def validate_transform_directory(uri: str, storage_options: dict[str, Any] | Non
                 continue
             if list(array.shape) != level["shape"]:
                 problems.append(f"{where}: shape {list(array.shape)}, the manifest says {level['shape']}")
-            elif compute_level_checksum(array, algorithm=algorithm) != level["checksum"]:
-                problems.append(f"{where}: data differ from the checksum in the manifest (changed or corrupted since it was written)")
+            else:
+                try:
+                    same = compute_level_checksum(array, algorithm=algorithm) == level["checksum"]
+                except UnreadableChunk as error:
+                    problems.append(f"{where}: {error}: corrupted or truncated since it was written")
+                    continue
+                if not same:
+                    problems.append(f"{where}: data differ from the checksum in the manifest (changed or corrupted since it was written)")
     return problems
