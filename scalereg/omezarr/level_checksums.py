@@ -129,6 +129,18 @@ def _read(array: Any, block: Block) -> np.ndarray:
         raise error
 
 
+def level_data_problem(array: Any, entry: dict[str, Any], algorithm: str | None) -> str | None:
+    """What is wrong with a stored level against its manifest ``entry`` (shape and
+    checksum), in words, or None when it matches."""
+    if list(array.shape) != entry["shape"]:
+        return f"shape {list(array.shape)}, the manifest says {entry['shape']}"
+    try:
+        same = compute_level_checksum(array, algorithm=algorithm) == entry["checksum"]
+    except UnreadableChunk as error:
+        return f"{error}: corrupted or truncated since it was written"
+    return None if same else "data differ from the checksum in the manifest (changed or corrupted since it was written)"
+
+
 def compute_level_checksum(array: Any, read_bytes: int = 64 * 2**20, algorithm: str | None = None) -> str:
     """Recompute a stored level's checksum, reading a row of up to ``read_bytes`` of
     chunks at a time (memory bounded whatever the level's size).  Any number of

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from scalereg.errors import InputError
 from scalereg.omezarr.pyramid_layout import level_translation
 from scalereg.omezarr.read_pyramid import read_pyramid
-from scalereg.omezarr.level_checksums import UnreadableChunk, compute_level_checksum, known_algorithm
+from scalereg.omezarr.level_checksums import known_algorithm, level_data_problem
 from scalereg.storage import join, open_array, open_group
 
 
@@ -60,14 +60,7 @@ def validate_pyramid(uri: str, storage_options: dict[str, Any] | None = None, ch
             if not entry.get("checksum"):
                 continue
             array = open_array(join(uri, entry["path"]), storage_options=storage_options)
-            if list(array.shape) != entry["shape"]:
-                problems.append(f"level {entry['path']}: shape {list(array.shape)}, the manifest says {entry['shape']}")
-            else:
-                try:
-                    same = compute_level_checksum(array, algorithm=algorithm) == entry["checksum"]
-                except UnreadableChunk as error:
-                    problems.append(f"level {entry['path']}: {error}: corrupted or truncated since it was written")
-                    continue
-                if not same:
-                    problems.append(f"level {entry['path']}: data differ from the checksum in the manifest (changed or corrupted since it was written)")
+            problem = level_data_problem(array, entry, algorithm)
+            if problem:
+                problems.append(f"level {entry['path']}: {problem}")
     return problems

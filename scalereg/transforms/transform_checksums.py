@@ -15,7 +15,7 @@ import json
 from typing import Any
 
 from scalereg.omezarr.level_checksums import ALGORITHM as LEVEL_ALGORITHM
-from scalereg.omezarr.level_checksums import UnreadableChunk, compute_level_checksum, known_algorithm
+from scalereg.omezarr.level_checksums import known_algorithm, level_data_problem
 from scalereg.storage import exists, filesystem, join, open_array
 
 MANIFEST = "manifest.json"
@@ -79,14 +79,7 @@ def validate_transform_directory(uri: str, storage_options: dict[str, Any] | Non
             except Exception as error:  # noqa: BLE001 - zarr says "not found" with its own classes
                 problems.append(f"{where}: missing or unreadable ({type(error).__name__}; listed in the manifest)")
                 continue
-            if list(array.shape) != level["shape"]:
-                problems.append(f"{where}: shape {list(array.shape)}, the manifest says {level['shape']}")
-            else:
-                try:
-                    same = compute_level_checksum(array, algorithm=algorithm) == level["checksum"]
-                except UnreadableChunk as error:
-                    problems.append(f"{where}: {error}: corrupted or truncated since it was written")
-                    continue
-                if not same:
-                    problems.append(f"{where}: data differ from the checksum in the manifest (changed or corrupted since it was written)")
+            problem = level_data_problem(array, level, algorithm)
+            if problem:
+                problems.append(f"{where}: {problem}")
     return problems
