@@ -125,7 +125,6 @@ def run_side_by_side(stages: list[tuple[Flow, dict[str, Any]]]) -> list[State]:
         _SIGNAL.set(signal)
         if index:
             running[index - 1].wait()
-
         try:
             hooks = [*stage.on_running_hooks, _NextStageMayStart(running[index])]
             state = stage.with_options(on_running=hooks)(**parameters, return_state=True)
