@@ -15,6 +15,9 @@ input, with hot page cache, outputs deleted (and synced) between runs:
                   zarrista writer cannot be pickled, so dask.distributed / processes fail)
   I/O floor       read the input once, write it once as one zarr v3 array (128^3 chunks,
                   Blosc zstd clevel 3 bitshuffle), 2 processes
+  scalereg flow, 50 um brain
+                  the scalereg flow's command on the 19 MB sample brain itself: what a
+                  flow run costs whatever the volume (imports, server, cluster, teardown)
 
 Metrics: wall time (subprocess start to exit), MB/s (input bytes / wall), peak RSS of
 the whole process tree (driver + every descendant, summed, sampled every 0.1 s with
@@ -590,59 +593,87 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+FIXED_COST_ROW = "scalereg flow, 50 um brain (19 MB)"
+
+
 def verdicts(rows: list[Row]) -> list[str]:
+    """The issue's floors, for scalereg's pyramid builder (the core row, a library call
+    as the ngff-zarr and I/O floor rows are), then the same floors for the CLI's flow
+    around that builder, with what its fixed cost (its run on the 19 MB brain) explains."""
     get = {row.name: row for row in rows}
-    out = []
-    floor, ngff = get.get("I/O floor"), get.get("ngff-zarr")
-    for name in ("scalereg flow", "scalereg core"):
-        row = get.get(name)
-        if row is None or not row.ok:
-            out.append(f"- {name}: did not run or failed; no verdicts")
-            continue
-        t = row.seconds
-        if ngff is not None and ngff.ok:
-            verdict = "PASS" if t < ngff.seconds else "FAIL"
-            out.append(f"- {name} faster than ngff-zarr: **{verdict}** ({t:.1f} s vs {ngff.seconds:.1f} s: {ngff.seconds / t:.2f}x)")
-        if floor is not None and floor.ok:
-            ratio = t / floor.seconds
-            verdict = "PASS" if ratio <= FLOOR_VS_IO else "FAIL"
-            out.append(
-                f"- {name} within {FLOOR_VS_IO}x of the I/O floor's wall time: **{verdict}** "
-                f"({ratio:.2f}x: {t:.1f} s vs {floor.seconds:.1f} s; CPU {row.cpu_seconds:.0f} s vs {floor.cpu_seconds:.0f} s)"
-            )
-        verdict = "PASS" if row.peak_tree < FLOOR_RSS else "FAIL"
-        out.append(
-            f"- {name} peak RSS under 1.5 GiB (whole process tree): **{verdict}** "
-            f"({_gib(row.peak_tree)} GiB; largest single process {_gib(row.peak_single.peak_single)} GiB)"
-        )
-        big, big_floor = get.get(f"{name} (4x)"), get.get("I/O floor (4x)")
-        if big is not None and big.ok and big_floor is not None and big_floor.ok:
-            ratio = big.seconds / big_floor.seconds
-            verdict = "PASS" if ratio <= FLOOR_VS_IO else "FAIL"
-            out.append(
-                f"- {name} at 4x the volume within {FLOOR_VS_IO}x of the I/O floor's wall time at 4x: **{verdict}** "
-                f"({ratio:.2f}x: {big.seconds:.1f} s vs {big_floor.seconds:.1f} s)"
-            )
-        if big is not None and big.ok:
-            ratio = big.peak_tree / row.peak_tree
-            verdict = "PASS" if ratio <= FLOOR_RSS_GROWTH else "FAIL"
-            out.append(
-                f"- {name} peak RSS at 4x the volume within {FLOOR_RSS_GROWTH}x of 1x: **{verdict}** "
-                f"({_gib(big.peak_tree)} vs {_gib(row.peak_tree)} GiB: {ratio:.2f}x; largest process "
-                f"{_gib(big.peak_single.peak_single)} vs {_gib(row.peak_single.peak_single)} GiB)"
-            )
-    flow, core, flow4, core4 = (get.get(n) for n in ("scalereg flow", "scalereg core", "scalereg flow (4x)", "scalereg core (4x)"))
-    if all(r is not None and r.ok for r in (flow, core)):
+    out = ["Floors of the issue, on scalereg's pyramid builder (`scalereg.convert.convert_volume`, called as "
+           "ngff-zarr's `to_multiscales` + `to_ngff_zarr` and the I/O floor's copy are):", ""]
+    out += _floors(get, "scalereg core")
+    out += ["", "The same floors for `scalereg convert`, the convert-volume Prefect flow that runs the same builder "
+            "block by block as tasks (process start to exit: its Prefect server and Dask cluster start-up included):", ""]
+    out += _floors(get, "scalereg flow")
+    flow, core, fixed = get.get("scalereg flow"), get.get("scalereg core"), get.get(FIXED_COST_ROW)
+    flow4, core4, floor, floor4 = (get.get(n) for n in ("scalereg flow (4x)", "scalereg core (4x)", "I/O floor", "I/O floor (4x)"))
+    if _ran(flow, core):
         line = f"- the flow's time beyond the core's (orchestration: Prefect server, Dask cluster, task runs): {flow.seconds - core.seconds:.1f} s at 1x"  # type: ignore[union-attr]
-        if all(r is not None and r.ok for r in (flow4, core4)):
+        if _ran(flow4, core4):
             line += f", {flow4.seconds - core4.seconds:.1f} s at 4x"  # type: ignore[union-attr]
         out.append(line + " (benchmarks/overhead.py measures it on the whole pipeline)")
+    if _ran(fixed):
+        line = (
+            f"- the flow's fixed cost, the same command on the 50 um brain (19 MB, {fixed.runs[fixed.best].levels} levels): "  # type: ignore[union-attr]
+            f"{fixed.seconds:.1f} s"  # type: ignore[union-attr]
+        )
+        for big, io, label in ((flow, floor, "1x"), (flow4, floor4, "4x")):
+            if _ran(big, io):
+                rest = big.seconds - fixed.seconds  # type: ignore[union-attr]
+                line += f"; the flow less it at {label}: {rest:.1f} s = {rest / io.seconds:.2f}x of the I/O floor"  # type: ignore[union-attr]
+        out.append(line)
     slow = [row.name for row in rows if row.runs and row.capacity[row.best] < 0.8 * WORKERS]
     if slow:
         out.append(
             f"- caution: the best run of {', '.join(slow)} saw fewer than {0.8 * WORKERS:.1f} of {WORKERS} cores "
             "(shared, throttled host; see 'cores available'); its wall time is not comparable with the others. "
             "CPU seconds are not affected"
+        )
+    return out
+
+
+def _ran(*rows: Row | None) -> bool:
+    return all(row is not None and row.ok for row in rows)
+
+
+def _floors(get: dict[str, Row], name: str) -> list[str]:
+    row, floor, ngff = get.get(name), get.get("I/O floor"), get.get("ngff-zarr")
+    if row is None or not row.ok:
+        return [f"- {name}: did not run or failed; no verdicts"]
+    out = []
+    t = row.seconds
+    if _ran(ngff):
+        verdict = "PASS" if t < ngff.seconds else "FAIL"  # type: ignore[union-attr]
+        out.append(f"- {name} faster than ngff-zarr: **{verdict}** ({t:.1f} s vs {ngff.seconds:.1f} s: {ngff.seconds / t:.2f}x)")  # type: ignore[union-attr]
+    if _ran(floor):
+        ratio = t / floor.seconds  # type: ignore[union-attr]
+        verdict = "PASS" if ratio <= FLOOR_VS_IO else "FAIL"
+        out.append(
+            f"- {name} within {FLOOR_VS_IO}x of the I/O floor's wall time: **{verdict}** "
+            f"({ratio:.2f}x: {t:.1f} s vs {floor.seconds:.1f} s; CPU {row.cpu_seconds:.0f} s vs {floor.cpu_seconds:.0f} s)"  # type: ignore[union-attr]
+        )
+    verdict = "PASS" if row.peak_tree < FLOOR_RSS else "FAIL"
+    out.append(
+        f"- {name} peak RSS under 1.5 GiB (whole process tree): **{verdict}** "
+        f"({_gib(row.peak_tree)} GiB; largest single process {_gib(row.peak_single.peak_single)} GiB)"
+    )
+    big, big_floor = get.get(f"{name} (4x)"), get.get("I/O floor (4x)")
+    if _ran(big, big_floor):
+        ratio = big.seconds / big_floor.seconds  # type: ignore[union-attr]
+        verdict = "PASS" if ratio <= FLOOR_VS_IO else "FAIL"
+        out.append(
+            f"- {name} at 4x the volume within {FLOOR_VS_IO}x of the I/O floor's wall time at 4x: **{verdict}** "
+            f"({ratio:.2f}x: {big.seconds:.1f} s vs {big_floor.seconds:.1f} s)"  # type: ignore[union-attr]
+        )
+    if _ran(big):
+        ratio = big.peak_tree / row.peak_tree  # type: ignore[union-attr]
+        verdict = "PASS" if ratio <= FLOOR_RSS_GROWTH else "FAIL"
+        out.append(
+            f"- {name} peak RSS at 4x the volume within {FLOOR_RSS_GROWTH}x of 1x: **{verdict}** "
+            f"({_gib(big.peak_tree)} vs {_gib(row.peak_tree)} GiB: {ratio:.2f}x; largest process "  # type: ignore[union-attr]
+            f"{_gib(big.peak_single.peak_single)} vs {_gib(row.peak_single.peak_single)} GiB)"  # type: ignore[union-attr]
         )
     return out
 
@@ -696,10 +727,10 @@ def main(argv: list[str] | None = None) -> int:
         wanted = set(args.only.split(","))
         plan = [(name, kind) for name, kind in plan if kind in wanted]
 
+    small = small_volume(workdir)
     if not args.no_warmup:
         # Untimed: compiles .pyc files, creates the Prefect database, warms the page cache
         # for the libraries; the same for every row.
-        small = small_volume(workdir)
         for name, kind in plan:
             out = workdir / f"warmup-{kind}.ome.zarr"
             _remove(out)
@@ -708,7 +739,11 @@ def main(argv: list[str] | None = None) -> int:
             _remove(out)
 
     rows = [Row(name, volume) for name, _ in plan]
-    schedule = [(row, kind, f"{kind}-{i + 1}") for i in range(args.repeat) for row, (_, kind) in zip(rows, plan)]
+    kinds = [kind for _, kind in plan]
+    if "scalereg-flow" in kinds:  # the flow's fixed cost: the same command on a 19 MB volume
+        rows.append(Row(FIXED_COST_ROW, small))
+        kinds.append("scalereg-flow")
+    schedule = [(row, kind, f"{kind}{'-small' if row.volume is small else ''}-{i + 1}") for i in range(args.repeat) for row, kind in zip(rows, kinds)]
     if big is not None:
         for name, kind in plan:
             if kind.startswith("scalereg") or kind == "io-floor":
@@ -767,8 +802,6 @@ def report(args, argv: list[str], rows: list[Row], prep_seconds: float, total: f
             "CPU seconds per kind):",
             "",
             *breakdown(rows),
-            "",
-            "Floors:",
             "",
             *verdicts(rows),
             "",
