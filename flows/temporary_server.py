@@ -17,6 +17,7 @@ last logs and events.
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import os
 import re
 import socket
@@ -46,7 +47,10 @@ def free_port() -> int:
 
 
 def port_is_free(port: int) -> bool:
+    """Whether a server could bind ``port`` on loopback now, as uvicorn binds (with
+    SO_REUSEADDR: a connection of a stopped server lingering in TIME_WAIT does not count)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -63,9 +67,10 @@ class TemporaryServer:
     PREFECT_HOME, ...)."""
 
     def __init__(self, settings_environment: dict[str, str]) -> None:
-        import prefect
-
-        self._app_dir = str(Path(prefect.__file__).parent)
+        # found without importing Prefect (1.3-1.8 s): the CLI launches this before that import
+        spec = importlib.util.find_spec("prefect")
+        assert spec is not None and spec.submodule_search_locations, "prefect is not installed"
+        self._app_dir = str(Path(spec.submodule_search_locations[0]))
         self._environment = {
             **os.environ,
             **settings_environment,
