@@ -289,8 +289,11 @@ def _warp(args: argparse.Namespace) -> int:
 def _transform_points(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from scalereg.output_roots import confine_output
     from scalereg.transforms.transform_points import transform_points
 
+    # this command writes without a flow: confine its output here (when roots are set), before any work
+    target = confine_output(_path_or_uri(args.out), subject="--out")
     try:
         table = pd.read_csv(args.points)
     except (FileNotFoundError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
@@ -321,13 +324,34 @@ def _transform_points(args: argparse.Namespace) -> int:
         out["outside_image"] = result.outside_image
         if args.drop_outside:
             out = out[~result.outside_image]
-    out.to_csv(args.out, index=False)
+    _write_csv_whole(out, target)
     outside = int(result.outside_image.sum()) if result.outside_image is not None else 0
     print(
         f"wrote {args.out}: {len(table)} points, {int(result.outside_field.sum())} outside the displacement field "
         f"(moved by the affine only), {outside} outside the target image" + (" (dropped)" if args.drop_outside and outside else "")
     )
     return 0
+
+
+def _write_csv_whole(table: Any, target: str) -> None:
+    """Write ``table`` to ``target`` whole or not at all: locally through a temporary file
+    beside it, renamed into place (an object store's PUT is whole by itself).  A place
+    that cannot be written is the user's error, naming --out."""
+    if "://" in target:
+        table.to_csv(target, index=False)
+        return
+    import tempfile
+
+    temporary = None
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=".scalereg-", suffix=".csv.partial", dir=os.path.dirname(target))
+        with os.fdopen(handle, "w", newline="") as stream:
+            table.to_csv(stream, index=False)
+        os.replace(temporary, target)
+    except OSError as error:
+        if temporary is not None and os.path.exists(temporary):
+            os.unlink(temporary)
+        raise InputError("--out", f"{target}: cannot write the CSV there ({error.strerror or error})") from None
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -283,7 +283,7 @@ def test_transform_directory_of_another_pair_is_refused(mouse_registration, tmp_
         plan_warp(str(copy), str(changed), str(case["fixed"]), str(tmp_path / "o"))
 
 
-def test_cli_transform_points_moves_cells_from_moving_to_fixed(mouse_registration, tmp_path, capsys):
+def test_cli_transform_points_moves_cells_from_moving_to_fixed(mouse_registration, tmp_path, capsys, monkeypatch):
     """Voxel coordinates of cells in the moving image, mapped to the fixed image, agree
     with ANTs' point mapping through the inverse transforms and land on the same tissue."""
     case = mouse_registration
@@ -317,6 +317,21 @@ def test_cli_transform_points_moves_cells_from_moving_to_fixed(mouse_registratio
     pd.DataFrame({"a": [1]}).to_csv(tmp_path / "bad.csv", index=False)
     assert main(["transform-points", "--transform", str(case["transform"]), "--points", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "o.csv")]) == 2
     assert "needs columns z,y,x" in capsys.readouterr().err
+    # an output that cannot be written, or lies outside the output roots: one line naming --out, nothing left
+    points = ["transform-points", "--transform", str(case["transform"]), "--points", str(tmp_path / "cells.csv")]
+    assert main([*points, "--out", str(tmp_path / "no-such-dir" / "o.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("scalereg: error: --out: ") and "no-such-dir" in err, err
+    (tmp_path / "a-directory.csv").mkdir()
+    assert main([*points, "--out", str(tmp_path / "a-directory.csv")]) == 2
+    assert "--out: " in capsys.readouterr().err and list((tmp_path / "a-directory.csv").iterdir()) == []
+    assert not list(tmp_path.glob(".scalereg-*.partial"))
+    monkeypatch.setenv("SCALEREG_OUTPUT_ROOTS", str(tmp_path / "results"))
+    assert main([*points, "--out", str(tmp_path / "elsewhere.csv")]) == 2
+    assert "outside the output roots" in capsys.readouterr().err and not (tmp_path / "elsewhere.csv").exists()
+    (tmp_path / "results").mkdir()
+    assert main([*points, "--out", str(tmp_path / "results" / "mapped.csv")]) == 0
+    assert pd.read_csv(tmp_path / "results" / "mapped.csv").equals(mapped)
 
 
 def test_cli_warp_runs_the_flow_and_reports_bad_input_in_one_line(pair, tmp_path, capsys, prefect_server):
