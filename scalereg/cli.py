@@ -340,16 +340,16 @@ def _write_csv_whole(table: Any, target: str) -> None:
     if "://" in target:
         table.to_csv(target, index=False)
         return
-    import tempfile
+    import uuid
 
-    temporary = None
+    # a name of its own, created as any file is (the umask's permissions, unlike mkstemp's 0600)
+    temporary = os.path.join(os.path.dirname(target), f".scalereg-{uuid.uuid4().hex}.csv.partial")
     try:
-        handle, temporary = tempfile.mkstemp(prefix=".scalereg-", suffix=".csv.partial", dir=os.path.dirname(target))
-        with os.fdopen(handle, "w", newline="") as stream:
+        with open(temporary, "x", newline="") as stream:
             table.to_csv(stream, index=False)
         os.replace(temporary, target)
     except OSError as error:
-        if temporary is not None and os.path.exists(temporary):
+        if os.path.exists(temporary):
             os.unlink(temporary)
         raise InputError("--out", f"{target}: cannot write the CSV there ({error.strerror or error})") from None
 
@@ -556,8 +556,8 @@ def _start_prefect(cluster: str | None = None, verbose: bool = False) -> Callabl
     """Quiet Prefect's console; when no Prefect server is configured, adopt the temporary
     one `main` launched ahead, or launch it now: the one Prefect would start for the first
     flow run (`flows.temporary_server`: it comes up, about 3 s, while the flows are
-    imported); and start the Dask
-    ``cluster`` the flow will take over meanwhile (`flows.cluster.prestart_cluster`).
+    imported); and start the Dask ``cluster`` the flow will take over meanwhile
+    (`flows.cluster.prestart_cluster`).
     Returns ``ready``: the context to run the flow in (it waits for the server first;
     a run on the temporary server, which nothing else watches, sends no heartbeats)."""
     global _EARLY_SERVER

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -332,6 +333,9 @@ def test_cli_transform_points_moves_cells_from_moving_to_fixed(mouse_registratio
     (tmp_path / "results").mkdir()
     assert main([*points, "--out", str(tmp_path / "results" / "mapped.csv")]) == 0
     assert pd.read_csv(tmp_path / "results" / "mapped.csv").equals(mapped)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "results" / "mapped.csv").stat().st_mode & 0o777 == 0o666 & ~umask  # as any new file
 
 
 def test_cli_warp_runs_the_flow_and_reports_bad_input_in_one_line(pair, tmp_path, capsys, prefect_server):
