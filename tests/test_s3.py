@@ -3,7 +3,9 @@ conversion in and out of a bucket, and every bad-input case with its message."""
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -16,6 +18,7 @@ from s3_server import ThrottlingProxy
 from scalereg.convert import convert_volume
 from scalereg.errors import InputError
 from scalereg.io import open_source
+from scalereg.local_cache import cache_limits, local_copy
 from scalereg.omezarr import read_pyramid, validate_pyramid
 from scalereg.storage import check_settings, output_uri, resolve_options
 
@@ -137,3 +140,41 @@ def test_throttling_is_retried_then_reported(s3_env, tmp_path, monkeypatch):
         s3fs.S3FileSystem.clear_instance_cache()
         _expect("throttling requests (SlowDown)", source, server, open_source, source)
         assert proxy.throttled > 2
+
+
+def test_local_copies_are_pruned_least_recently_used_first(s3_env, tmp_path, monkeypatch):
+    """Remote files copied for local-only readers stay under SCALEREG_CACHE_MAX: the least
+    recently used go first, never one used within the keep time, nor the one just fetched."""
+    uris = {}
+    for name in "abc":
+        (tmp_path / f"{name}.bin").write_bytes(os.urandom(100_000))
+        uris[name] = _upload(s3_env, tmp_path / f"{name}.bin", f"cache/{name}.bin")
+    monkeypatch.setenv("SCALEREG_CACHE_MAX", "250KB")  # room for two copies
+    monkeypatch.setenv("SCALEREG_CACHE_KEEP_SECONDS", "60")
+    copies = {name: Path(local_copy(uris[name])) for name in "ab"}
+    now = time.time()
+    os.utime(copies["a"].parent, (now - 300, now - 300))
+    os.utime(copies["b"].parent, (now - 200, now - 200))
+    copies["c"] = Path(local_copy(uris["c"]))  # over the limit: the least recently used goes
+    assert not copies["a"].exists() and copies["b"].exists() and copies["c"].exists()
+    assert copies["c"].read_bytes() == (tmp_path / "c.bin").read_bytes()
+    assert Path(local_copy(uris["b"])) == copies["b"]  # a use marks it used: b is now the newest
+    os.utime(copies["c"].parent, (now - 100, now - 100))
+    assert Path(local_copy(uris["a"])).read_bytes() == (tmp_path / "a.bin").read_bytes()  # fetched again
+    assert not copies["c"].exists() and copies["b"].exists()
+    # copies used within the keep time stay, whatever the size
+    monkeypatch.setenv("SCALEREG_CACHE_MAX", "1KB")
+    local_copy(uris["c"])
+    assert all(Path(local_copy(uris[name])).exists() for name in "abc")
+
+
+@pytest.mark.parametrize(
+    "name, value, message",
+    [("SCALEREG_CACHE_MAX", "lots", "cannot read 'lots' as a size"), ("SCALEREG_CACHE_KEEP_SECONDS", "-1", "must be zero or more"),
+     ("SCALEREG_CACHE_KEEP_SECONDS", "an hour", "is not a number of seconds")],
+)
+def test_bad_cache_limits_name_the_variable(monkeypatch, name, value, message):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(InputError, match=message) as raised:
+        cache_limits()
+    assert str(raised.value).startswith(f"{name}: ")
