@@ -235,11 +235,12 @@ def _register_brain_runs(site):
         return client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["scalereg-sweep"])))
 
 
-@pytest.mark.skipif(shutil.which("chromium-headless-shell") is None, reason="needs Debian's chromium-headless-shell")
 def test_the_register_brain_form_renders_in_the_ui(site, tmp_path):
     """The UI (headless Chromium) shows the parameter models as a form: the script waits
     for every expected label (deployments/screenshot_form.py) and takes the picture."""
     import runpy
+
+    assert shutil.which("chromium-headless-shell"), "Debian's chromium-headless-shell is missing: run infra/test-tools.sh (the README's test command does)"
 
     script = runpy.run_path(str(REPO / "deployments" / "screenshot_form.py"))
     with _client(site) as client:
