@@ -101,11 +101,13 @@ def stop_s3_server(server: S3Server) -> None:
 
 
 class ThrottlingProxy:
-    """Forwards HTTP to ``upstream``; answers 503 SlowDown to paths containing ``marker``
-    (the first ``times`` such requests, or all of them when ``times`` is None)."""
+    """Forwards HTTP to ``upstream``; answers 503 SlowDown to requests (of ``methods``,
+    default any) for paths containing ``marker`` (the first ``times`` such requests, or
+    all of them when ``times`` is None)."""
 
-    def __init__(self, upstream: str, marker: str | None = None, times: int | None = None) -> None:
+    def __init__(self, upstream: str, marker: str | None = None, times: int | None = None, methods: tuple[str, ...] | None = None) -> None:
         self.upstream = upstream.split("://", 1)[1]
+        self.methods = methods
         self.marker, self.times, self.throttled = marker, times, 0
         self.down = False
         proxy = self
@@ -124,7 +126,10 @@ class ThrottlingProxy:
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if proxy.marker and proxy.marker in self.path and (proxy.times is None or proxy.throttled < proxy.times):
+                if (
+                    proxy.marker and proxy.marker in self.path and (proxy.methods is None or self.command in proxy.methods)
+                    and (proxy.times is None or proxy.throttled < proxy.times)
+                ):  # fmt: skip
                     proxy.throttled += 1
                     payload = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
                     self.send_response(503)
@@ -143,7 +148,8 @@ class ThrottlingProxy:
                 for key, value in response.getheaders():
                     if key.lower() not in ("transfer-encoding", "connection", "content-length"):
                         self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
+                # a HEAD's answer has no body but the object's length
+                self.send_header("Content-Length", response.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data)))
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)

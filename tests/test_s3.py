@@ -178,3 +178,30 @@ def test_bad_cache_limits_name_the_variable(monkeypatch, name, value, message):
     with pytest.raises(InputError, match=message) as raised:
         cache_limits()
     assert str(raised.value).startswith(f"{name}: ")
+
+
+@pytest.mark.parametrize("methods", [None, ("GET",)], ids=["every-request", "reads-only"])
+def test_a_store_unavailable_while_zarr_metadata_is_read_is_named_as_such(s3_env, tmp_path, monkeypatch, methods):
+    """503s for a Zarr's metadata are the store's failure, retried by tasks: not "no Zarr
+    metadata under this prefix" (fsspec's isfile says False for any failure) nor
+    "unreadable metadata" (a read the store cut short)."""
+    from scalereg.storage_errors import StoreUnavailable
+
+    server = s3_env
+    zarr.save_array(str(tmp_path / "z.zarr"), np.arange(8**3, dtype="uint16").reshape(8, 8, 8))
+    for path in sorted((tmp_path / "z.zarr").rglob("*")):
+        if path.is_file():
+            _upload(server, path, f"busy/z.zarr/{path.relative_to(tmp_path / 'z.zarr')}")
+    source = f"s3://{server.bucket}/busy/z.zarr"
+    with ThrottlingProxy(server.endpoint, "busy/z.zarr/zarr.json", methods=methods) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        s3fs.S3FileSystem.clear_instance_cache()
+        with pytest.raises(StoreUnavailable) as caught:
+            open_source(source)
+        message = str(caught.value)
+        assert "busy/z.zarr" in message and "\n" not in message, message
+        assert "no Zarr metadata" not in message and "unreadable" not in message, message
+        assert proxy.throttled > 0
+    s3fs.S3FileSystem.clear_instance_cache()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint)
+    assert open_source(source).shape == (8, 8, 8)  # the store back: the same source opens

@@ -11,7 +11,7 @@ import fsspec
 from scalereg.errors import InputError
 from scalereg.io.source import Source
 from scalereg.storage import filesystem, is_remote, normalize_uri
-from scalereg.storage_errors import storage_errors
+from scalereg.storage_errors import StoreUnavailable, storage_errors, storage_problem
 
 SUPPORTED_FORMATS = (
     "NIfTI (.nii, .nii.gz)",
@@ -129,15 +129,29 @@ def _zarr_kind(fs: fsspec.AbstractFileSystem, path: str) -> str | None:
 
 
 def _read_json(fs: fsspec.AbstractFileSystem, path: str) -> dict | None:
-    # asked first: under a file, some filesystems raise other errors than FileNotFoundError
-    if not fs.isfile(path):
-        return None
+    """The JSON document at ``path``, or None where there is no file.  A store that fails
+    to answer raises its own error (`storage_errors` names it), not "no metadata":
+    fsspec's ``isfile`` says False for any failure, a store's 503 included."""
     try:
+        # asked first: under a file, some filesystems raise other errors than FileNotFoundError
+        info = fs.info(path)
+        if info.get("type") != "file":
+            return None
         with fs.open(path, "rb") as fh:
-            document = json.load(fh)
-    except FileNotFoundError:
+            raw = fh.read()
+    except (FileNotFoundError, NotADirectoryError):
         return None
-    except (OSError, ValueError) as error:
+    except OSError as error:
+        local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+        if not local and storage_problem(error) is not None:
+            raise  # the store's answer, translated by the caller's storage_errors
+        raise InputError(path, f"unreadable Zarr metadata: {error}") from None
+    size = info.get("size")
+    if size is not None and len(raw) != size:
+        raise StoreUnavailable(path, f"the store delivered {len(raw)} of the metadata's {size} bytes; try again later")
+    try:
+        document = json.loads(raw)
+    except ValueError as error:
         raise InputError(path, f"unreadable Zarr metadata: {error}") from None
     return document if isinstance(document, dict) else None
 
