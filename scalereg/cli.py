@@ -338,7 +338,11 @@ def _write_csv_whole(table: Any, target: str) -> None:
     beside it, renamed into place (an object store's PUT is whole by itself).  A place
     that cannot be written is the user's error, naming --out."""
     if "://" in target:
-        table.to_csv(target, index=False)
+        from scalereg.storage import write_bytes
+        from scalereg.storage_errors import storage_errors
+
+        with storage_errors(target):  # with the store's settings, as every other output
+            write_bytes(target, table.to_csv(index=False).encode())
         return
     import uuid
 
