@@ -147,7 +147,7 @@ def _add_conversion_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunks", type=int, default=128, help="chunk edge length in voxels (default 128)")
     parser.add_argument("--shards", type=int, default=None, help="shard edge length (NGFF 0.5 only; multiple of --chunks)")
     parser.add_argument("--labels", action="store_true", help="label image: mode downsampling, labels preserved")
-    parser.add_argument("--memory-budget", default=None, help="memory per task, e.g. 256MiB (sets the block size; default: from the workers' memory, at most 256MiB)")
+    parser.add_argument("--memory-budget", default=None, help="memory per task, e.g. 512MiB (sets the block size; default: from the workers' memory, at most 512MiB)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.add_argument("--cluster", default="local", help="local, a profile in infra/clusters, a YAML file or tcp://host:port")
 

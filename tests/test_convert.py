@@ -7,6 +7,7 @@ import hashlib
 import itertools
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -19,6 +20,7 @@ import zarr
 from conftest import label_phantom, phantom
 from scalereg.convert import convert_volume, plan_conversion, prepare_output, run_block, run_conversion
 from scalereg.errors import InputError, MemoryBudgetError
+from scalereg.units import parse_bytes
 from scalereg.omezarr import read_pyramid, validate_pyramid
 from scalereg.omezarr.create_pyramid_store import STATUS_KEY
 
@@ -325,31 +327,35 @@ def _level_from_the_one_below(out: Path, plan, index: int = 1) -> np.ndarray:
 
 
 def test_every_level_equals_the_level_below_downsampled_in_one_block(tmp_path):
-    """Level 1 is written by level 0's tasks from one read of the source when a step
-    fits the budget, the coarser levels from the level below in blocks streamed along
-    z; each must hold exactly what downsampling the level below in one block gives."""
+    """Levels 1 and 2 are written by level 0's tasks from one read of the source when a
+    step of blocks wide enough for level 2's chunks fits the budget, level 1 alone when
+    only a narrower one does; the coarser levels from the level below in blocks
+    streamed along z.  Each must hold exactly what downsampling the level below in
+    one block gives."""
     raw = tmp_path / "raw.zarr"
     volume = phantom((130, 66, 61), "uint16")
     zarr.create_array(str(raw), shape=volume.shape, chunks=(16, 16, 16), dtype=volume.dtype)[:] = volume
     options = dict(spacing=(1, 1, 1), chunks=8, min_size=4)
-    for budget, blocks in (("64MiB", 1), ("150KiB", 3)):
+    for budget, fused in (("64MiB", 2), ("1MiB", 2), ("400KiB", 1), ("150KiB", 1)):
         out = tmp_path / f"f-{budget}.ome.zarr"
         plan = plan_conversion(str(raw), str(out), memory_budget=budget, **options)
-        assert [l.kind for l in plan.levels[:3]] == ["copy+downsample", "fused", "downsample"]
-        assert len(plan.levels[0].blocks) >= blocks and len(plan.levels[2].blocks) >= blocks
+        assert [l.kind for l in plan.levels[: 2 + fused]] == ["copy+downsample", *["fused"] * fused, "downsample"], budget
+        assert len(plan.levels[0].blocks) >= 3 and len(plan.levels[1 + fused].blocks) >= 2
         run_conversion(plan)
         assert np.array_equal(open_level(out, "0")[:], volume)
         for index in range(1, len(plan.layout.levels)):
             assert np.array_equal(open_level(out, str(index))[:], _level_from_the_one_below(out, plan, index)), (budget, index)
 
 
+@pytest.mark.parametrize("fused", [1, 2])
 @pytest.mark.parametrize("method", ["gaussian", "mode"])
 @pytest.mark.parametrize("spacing", [(1, 1, 1), (1, 2, 2), (2, 1, 1)])
-def test_streamed_blocks_of_any_length_equal_level_one_from_level_zero(tmp_path, method, spacing):
+def test_streamed_blocks_of_any_length_equal_the_levels_from_level_zero(tmp_path, method, spacing, fused):
     """Fused level-0 blocks stream along z in steps of one chunk layer, carrying the
-    planes the next level-1 plane needs over from step to step: blocks that start and
-    end mid-volume, span several steps or end at an edge that is no multiple of the
-    factors give the voxels of level 1 computed from level 0 on disk."""
+    planes the next plane of each level needs over from step to step (level 1's planes
+    computed beyond the block for level 2's filter): blocks that start and end
+    mid-volume, span several steps or end at an edge that is no multiple of the
+    factors give the voxels of levels 1 (and 2) computed from the level below on disk."""
     raw = tmp_path / "raw.zarr"
     labels = method == "mode"
     volume = phantom((77, 45, 38), "uint16")
@@ -357,27 +363,37 @@ def test_streamed_blocks_of_any_length_equal_level_one_from_level_zero(tmp_path,
     options = dict(spacing=spacing, chunks=8, min_size=4, labels=labels)
     out = tmp_path / "f.ome.zarr"
     plan = plan_conversion(str(raw), str(out), memory_budget="64MiB", **options)
-    assert [l.kind for l in plan.levels[:2]] == ["copy+downsample", "fused"]
+    assert [l.kind for l in plan.levels[:3]] == ["copy+downsample", "fused", "fused"]
+    if fused == 1:  # level 2 from level 1 on disk, as a smaller budget plans it
+        plan = replace(plan, levels=(*plan.levels[:2], replace(plan.levels[2], kind="downsample"), *plan.levels[3:]))
     prepare_output(plan)
     # blocks of 1, 3 and the rest of the write units along z; 1 and the rest across
-    uz, uy, ux = (math.lcm(8, f * 8) for f in plan.layout.levels[1].factors)
-    zs = [(0, uz), (uz, 4 * uz), (4 * uz, 77)]
+    # (a unit: whole chunks of every level written, times the factors down to it)
+    uz, uy, ux = (math.lcm(8, *(math.prod(plan.layout.levels[k].factors[axis] for k in range(1, j + 1)) * 8 for j in range(1, fused + 1))) for axis in range(3))
+    zs = [(0, uz), (uz, 3 * uz), (3 * uz, 77)] if 3 * uz < 77 else [(0, uz), (uz, 77)]
     ys, xs = [(0, uy), (uy, 45)], [(0, ux), (ux, 38)]
     for block in itertools.product(zs, ys, xs):
         result = run_block(plan, 0, block)
         assert result["voxels_written"] == math.prod(b - a for a, b in block)
+        assert len(result["digests"]) == 1 + fused
     assert np.array_equal(open_level(out, "0")[:], zarr.open_array(str(raw), mode="r")[:])
-    assert np.array_equal(open_level(out, "1")[:], _level_from_the_one_below(out, plan))
+    for index in range(1, fused + 1):
+        assert np.array_equal(open_level(out, str(index))[:], _level_from_the_one_below(out, plan, index)), index
 
 
-def test_a_fused_plan_streams_long_blocks_in_a_bounded_cross_section(tmp_path):
-    """The budget sets one step's cross-section; blocks run long along z."""
+@pytest.mark.parametrize("budget, fused", [("12MiB", 1), ("16MiB", 2)])
+def test_a_fused_plan_streams_long_blocks_in_a_bounded_cross_section(tmp_path, budget, fused):
+    """The budget sets one step's cross-section; blocks run long along z.  Blocks that
+    write level 2 too are whole multiples of its chunks times the factors across."""
     raw = tmp_path / "raw.zarr"
     zarr.create_array(str(raw), shape=(600, 300, 200), chunks=(64, 64, 64), dtype="uint16")
-    plan = plan_conversion(str(raw), str(tmp_path / "o.ome.zarr"), spacing=(1, 1, 1), chunks=32, memory_budget="16MiB")
+    plan = plan_conversion(str(raw), str(tmp_path / "o.ome.zarr"), spacing=(1, 1, 1), chunks=32, memory_budget=budget)
     level = plan.levels[0]
-    assert level.kind == "copy+downsample"
+    assert [l.kind for l in plan.levels[: 2 + fused]] == ["copy+downsample", *["fused"] * fused, "downsample"][: len(plan.levels[: 2 + fused])]
     z, y, x = level.block_shape
-    assert x == 256 and y < 300 and z > 4 * 32  # x first, whole row; then y; long along z
-    assert level.bytes_per_task <= 16 * 2**20
+    unit = 32 * 2**fused  # level `fused`'s chunks times the factors down to it
+    assert y % unit == 0 and x % unit == 0 and y < 300 and z > 4 * 32  # then y; long along z
+    if fused == 1:
+        assert x == 256  # x first, a whole row
+    assert level.bytes_per_task <= parse_bytes(budget)
     assert level.bytes_per_task >= 32 * y * x * 2 * 4  # a step: 32 planes, its copies and buffers

@@ -13,6 +13,7 @@ import zarr
 
 from conftest import phantom
 from flows.cluster import AUTO, ClusterCapacity, cluster_capacity
+from scalereg.convert.plan_conversion import DEFAULT_MEMORY_BUDGET
 from scalereg.errors import BAD_INPUT_STATE, InputError
 from scalereg.units import parse_bytes
 
@@ -52,8 +53,10 @@ def test_auto_budgets_follow_the_workers_memory():
     small = ClusterCapacity(threads=4, memory_per_task=parse_bytes("1GiB"))
     assert parse_bytes(small.memory_budget(AUTO, "registration")) == parse_bytes("768MiB")
     assert parse_bytes(small.memory_budget(AUTO, "warp")) == parse_bytes("512MiB")
-    assert parse_bytes(small.memory_budget(None, "conversion")) == parse_bytes("256MiB")  # capped at the default
+    tiny = ClusterCapacity(threads=4, memory_per_task=parse_bytes("400MiB"))
+    assert parse_bytes(tiny.memory_budget(None, "conversion")) == parse_bytes("200MiB")  # half of it
     big = ClusterCapacity(threads=2, memory_per_task=parse_bytes("64GiB"))
+    assert parse_bytes(big.memory_budget(None, "conversion")) == parse_bytes(DEFAULT_MEMORY_BUDGET)  # capped at the default
     assert parse_bytes(big.memory_budget(AUTO, "registration")) == parse_bytes("48GiB")  # finer levels fit
     assert parse_bytes(big.memory_budget(AUTO, "warp")) == parse_bytes("768MiB")
     assert ClusterCapacity(threads=2, memory_per_task=None).memory_budget(AUTO, "registration") == "8GiB"
@@ -73,7 +76,7 @@ def test_auto_conversion_budget_sizes_blocks_from_worker_memory(prefect_server, 
     from scalereg.convert import plan_conversion
 
     volume, raw = _source(tmp_path)
-    # a worker of 512 KiB per thread: "auto" gives 256 KiB, far below the 256 MiB default
+    # a worker of 512 KiB per thread: "auto" gives 256 KiB, far below the default
     with in_process_cluster(1, 2, "1MiB") as address:
         result = convert_volume(source=raw, output=str(tmp_path / "auto.ome.zarr"), spacing=[1, 1, 1], chunks=16, cluster=address)
     expected = plan_conversion(raw, str(tmp_path / "x.ome.zarr"), spacing=[1, 1, 1], chunks=16, memory_budget="256KiB")

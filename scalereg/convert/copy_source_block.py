@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import zarr
@@ -11,7 +11,7 @@ from scalereg.blocks import Block, block_slices, block_voxels
 from scalereg.errors import InputError
 from scalereg.io import Source
 from scalereg.omezarr.level_checksums import write_and_hash
-from scalereg.pyramid.stream_block import stream_block
+from scalereg.pyramid.stream_block import stream_levels
 
 
 def copy_source_block(source: Source, target: zarr.Array, block: Block) -> dict[str, Any]:
@@ -22,13 +22,14 @@ def copy_source_block(source: Source, target: zarr.Array, block: Block) -> dict[
 
 
 def copy_and_downsample_block(
-    source: Source, level0: zarr.Array, level1: zarr.Array, block: Block, factors: tuple[int, ...], method: str
+    source: Source, level0: zarr.Array, targets: Sequence[zarr.Array], block: Block, factors: Sequence[tuple[int, ...]], method: str
 ) -> dict[str, Any]:
-    """Copy ``block`` to level 0 and write the level-1 block it covers, reading each
+    """Copy ``block`` to level 0 and write the blocks of ``targets`` (levels 1, 2, ...,
+    each the one before downsampled by its ``factors``) that it covers, reading each
     source voxel of the block once (`scalereg.pyramid.stream_block`).
 
-    The block is a column of whole write units along z (its start a multiple of
-    ``factors`` times level 1's write unit, so it is exactly the footprint of level-1
+    The block is a column of whole write units along z (its start a multiple of the
+    factors times each level's write unit, so it is exactly the footprint of their
     chunks), streamed in steps of level 0's write unit."""
 
     def read(region: tuple[slice, ...]) -> tuple[np.ndarray, dict[str, Any]]:
@@ -36,7 +37,7 @@ def copy_and_downsample_block(
         return data.astype(level0.dtype, copy=False), stats
 
     step = (level0.shards or level0.chunks)[0]
-    result = stream_block(read, source.shape, block, factors, method, level1, step, copy_to=level0)
+    result = stream_levels(read, source.shape, block, list(zip(factors, targets)), method, step, copy_to=level0)
     return {**result, "voxels_written": block_voxels(block)}
 
 

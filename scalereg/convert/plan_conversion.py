@@ -22,7 +22,7 @@ from scalereg.pyramid.level_schedule import level_schedule
 from scalereg.storage import is_remote, lies_inside, output_uri
 from scalereg.units import format_bytes, parse_bytes
 
-DEFAULT_MEMORY_BUDGET = "256MiB"
+DEFAULT_MEMORY_BUDGET = "512MiB"
 # Streamed levels are cut into at least this many blocks when they have the units
 # (see `_streamed_blocks`): work for a few workers even on the coarser levels.
 MIN_BLOCKS = 8
@@ -35,8 +35,8 @@ COPY_BYTES_PER_VOXEL_FACTOR = 3
 class LevelPlan:
     index: int
     # "copy" (level 0 from the source), "copy+downsample" (level 0 and level 1 from
-    # one read of the source), "fused" (level 1, written by level 0's tasks) or
-    # "downsample" (from the level below on disk)
+    # one read of the source, and level 2 too where it fits), "fused" (level 1 or 2,
+    # written by level 0's tasks) or "downsample" (from the level below on disk)
     kind: str
     blocks: tuple[Block, ...]
     block_shape: tuple[int, int, int]
@@ -187,12 +187,20 @@ def _level_plan(index: int, kind: str, shape: tuple[int, ...], unit_shape: tuple
 
 
 def _fused_first_levels(layout: PyramidLayout, method: str, itemsize: int, budget: int, source: Source) -> list[LevelPlan]:
-    """Level 0 and level 1 from one read of the source, when a step fits the budget.
+    """Level 0 and level 1, and level 2 where it fits, from one read of the source,
+    when a step fits the budget.
 
     Level-0 blocks are then whole multiples of both level 0's write unit and (times
     the factors) level 1's, so every task writes its own chunks of both levels,
     streamed along z in steps of level 0's write unit
     (`scalereg.pyramid.stream_block`); see `_streamed_blocks` for their shape.
+
+    Level 2 too where a step of such blocks fits the budget: they must then be whole
+    multiples of its write unit times the factors (512 voxels across for 128-voxel
+    chunks halved twice), and level 1's planes, computed a little beyond the block for
+    level 2's filter, go on to it as they come.  Reading level 1 back from disk for
+    level 2 instead decoded each of its chunks about twice (the halos of its blocks)
+    and cost most of level 1's write time again.
     """
     if len(layout.levels) < 2:
         return []
@@ -205,12 +213,45 @@ def _fused_first_levels(layout: PyramidLayout, method: str, itemsize: int, budge
     per_voxel = itemsize + bytes_per_output_voxel(itemsize, level1.factors, method) / math.prod(level1.factors)
     per_voxel += source.working_bytes_per_voxel
     fixed = source.working_bytes_fixed + _chunks_in_flight_bytes(source.shape, source.preferred_block, source.dtype.itemsize, unit0, itemsize)
-    streamed = _streamed_blocks(level0.shape, unit, unit0[0], input_halo(method, level1.factors), per_voxel, fixed, budget, itemsize)
+    halo = input_halo(method, level1.factors)
+    streamed = _streamed_blocks(level0.shape, unit, unit0[0], halo, per_voxel, fixed, budget, itemsize)
     if streamed is None:
         return []
+    if len(layout.levels) > 2:
+        three = _fused_level_two(layout, method, itemsize, budget, unit, unit0[0], per_voxel, fixed, halo)
+        if three is not None:
+            block, memory = three
+            first = LevelPlan(index=0, kind="copy+downsample", blocks=tuple(aligned_blocks(level0.shape, block)), block_shape=block, bytes_per_task=memory)
+            return [first, *(LevelPlan(index=index, kind="fused", blocks=(), block_shape=block, bytes_per_task=0) for index in (1, 2))]
     block, memory = streamed
     first = LevelPlan(index=0, kind="copy+downsample", blocks=tuple(aligned_blocks(level0.shape, block)), block_shape=block, bytes_per_task=memory)
     return [first, LevelPlan(index=1, kind="fused", blocks=(), block_shape=first.block_shape, bytes_per_task=0)]
+
+
+def _fused_level_two(
+    layout: PyramidLayout,
+    method: str,
+    itemsize: int,
+    budget: int,
+    unit: tuple[int, ...],
+    step: int,
+    per_voxel: float,
+    fixed: int,
+    halo1: tuple[int, ...],
+) -> tuple[tuple[int, int, int], int] | None:
+    """The shape and estimated memory of level-0 blocks that write levels 0, 1 and 2
+    (see `_fused_first_levels`), streamed in steps of ``step`` planes; None when a
+    step does not fit the budget.  ``unit``, ``per_voxel``, ``fixed``, ``halo1``: those
+    of blocks that write levels 0 and 1."""
+    level1, level2 = layout.levels[1], layout.levels[2]
+    unit2 = level2.shards or level2.chunks
+    total = tuple(f1 * f2 for f1, f2 in zip(level1.factors, level2.factors))
+    block_unit = tuple(math.lcm(u, t * u2) for u, t, u2 in zip(unit, total, unit2))
+    # level 0 read around a block: level 1's halo plus level 2's, in level-0 voxels
+    halo = tuple(h1 + f1 * h2 for h1, f1, h2 in zip(halo1, level1.factors, input_halo(method, level2.factors)))
+    # level 2's filter works on level 1's planes: its share per level-0 voxel
+    per_voxel += bytes_per_output_voxel(itemsize, level2.factors, method) / math.prod(total)
+    return _streamed_blocks(layout.levels[0].shape, block_unit, step, halo, per_voxel, fixed, budget, itemsize)
 
 
 def _downsample_level(layout: PyramidLayout, index: int, method: str, itemsize: int, budget: int) -> LevelPlan:

@@ -57,8 +57,10 @@ def run_block(plan: ConversionPlan, level: int, block: Block) -> dict[str, Any]:
     if kind == "copy":
         stats = copy_source_block(plan.source, target, block)
     elif kind == "copy+downsample":
-        factors = plan.layout.levels[1].factors
-        stats = copy_and_downsample_block(plan.source, target, _writable(plan, 1), block, factors, plan.method)
+        fused = range(1, 1 + sum(1 for level_plan in plan.levels[1:3] if level_plan.kind == "fused"))
+        factors = [plan.layout.levels[index].factors for index in fused]
+        targets = [_writable(plan, index) for index in fused]
+        stats = copy_and_downsample_block(plan.source, target, targets, block, factors, plan.method)
     else:
         source = open_array(join(plan.output, plan.layout.levels[level - 1].path), storage_options=options)
         stats = stream_downsample_block(source, target, block, plan.layout.levels[level].factors, plan.method)
