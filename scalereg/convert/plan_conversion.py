@@ -29,6 +29,12 @@ MIN_BLOCKS = 8
 # Copying a block holds the source's read buffer, the array handed to zarr and
 # zarr's encode buffers: about three copies of the block.
 COPY_BYTES_PER_VOXEL_FACTOR = 3
+# Chunks a block task has zarr decode or encode at once (its `async.concurrency` while
+# the block runs) when the source and the output are local: more only hold more
+# buffers (the pyramid benchmark's conversions took the same time with 4 as with
+# zarr's 10, and ~75 MiB less per process).  With an object store zarr's own setting
+# stands: requests in flight hide its latency.
+LOCAL_CHUNKS_IN_FLIGHT = 4
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,8 @@ class ConversionPlan:
     fingerprint: str
     notes: tuple[str, ...] = ()
     storage_options: dict[str, Any] | None = field(default=None, repr=False)
+    # zarr's `async.concurrency` for the blocks (see LOCAL_CHUNKS_IN_FLIGHT)
+    chunks_in_flight: int = 10
 
     @property
     def block_count(self) -> int:
@@ -144,7 +152,8 @@ def plan_conversion(
     method = method_for(labels)
     budget = parse_bytes(memory_budget)
     itemsize = np.dtype(layout.dtype).itemsize
-    levels = _fused_first_levels(layout, method, itemsize, budget, src)
+    in_flight = chunks_in_flight(src.uri, output)
+    levels = _fused_first_levels(layout, method, itemsize, budget, src, in_flight)
     for index, level in enumerate(layout.levels):
         if index < len(levels):
             continue
@@ -153,7 +162,7 @@ def plan_conversion(
             unit_shape = level.shards or level.chunks  # tasks never share a chunk or a shard
             levels.append(_level_plan(index, "copy", level.shape, unit_shape, per_voxel, budget - src.working_bytes_fixed))
         else:
-            levels.append(_downsample_level(layout, index, method, itemsize, budget))
+            levels.append(_downsample_level(layout, index, method, itemsize, budget, in_flight))
     fingerprint = _fingerprint(src, layout, method)
     return ConversionPlan(
         source=src,
@@ -165,6 +174,7 @@ def plan_conversion(
         fingerprint=fingerprint,
         notes=tuple(geometry.notes),
         storage_options=storage_options,
+        chunks_in_flight=in_flight,
     )
 
 
@@ -186,7 +196,7 @@ def _level_plan(index: int, kind: str, shape: tuple[int, ...], unit_shape: tuple
     )
 
 
-def _fused_first_levels(layout: PyramidLayout, method: str, itemsize: int, budget: int, source: Source) -> list[LevelPlan]:
+def _fused_first_levels(layout: PyramidLayout, method: str, itemsize: int, budget: int, source: Source, in_flight: int) -> list[LevelPlan]:
     """Level 0 and level 1, and level 2 where it fits, from one read of the source,
     when a step fits the budget.
 
@@ -212,7 +222,7 @@ def _fused_first_levels(layout: PyramidLayout, method: str, itemsize: int, budge
     # working set (the step itself is its input)
     per_voxel = itemsize + bytes_per_output_voxel(itemsize, level1.factors, method) / math.prod(level1.factors)
     per_voxel += source.working_bytes_per_voxel
-    fixed = source.working_bytes_fixed + _chunks_in_flight_bytes(source.shape, source.preferred_block, source.dtype.itemsize, unit0, itemsize)
+    fixed = source.working_bytes_fixed + _chunks_in_flight_bytes(source.shape, source.preferred_block, source.dtype.itemsize, unit0, itemsize, in_flight)
     halo = input_halo(method, level1.factors)
     streamed = _streamed_blocks(level0.shape, unit, unit0[0], halo, per_voxel, fixed, budget, itemsize)
     if streamed is None:
@@ -254,7 +264,7 @@ def _fused_level_two(
     return _streamed_blocks(layout.levels[0].shape, block_unit, step, halo, per_voxel, fixed, budget, itemsize)
 
 
-def _downsample_level(layout: PyramidLayout, index: int, method: str, itemsize: int, budget: int) -> LevelPlan:
+def _downsample_level(layout: PyramidLayout, index: int, method: str, itemsize: int, budget: int, in_flight: int) -> LevelPlan:
     """Level ``index`` from the level below on disk, streamed along z in steps of the
     level below's write unit; blocks of whole write units of the level written."""
     level, below = layout.levels[index], layout.levels[index - 1]
@@ -262,7 +272,7 @@ def _downsample_level(layout: PyramidLayout, index: int, method: str, itemsize: 
     unit_below = below.shards or below.chunks
     per_output = bytes_per_output_voxel(itemsize, level.factors, method)
     unit_in = tuple(f * u for f, u in zip(level.factors, unit_out))
-    fixed = _chunks_in_flight_bytes(below.shape, unit_below, itemsize, unit_out, itemsize)
+    fixed = _chunks_in_flight_bytes(below.shape, unit_below, itemsize, unit_out, itemsize, in_flight)
     per_voxel = itemsize + per_output / math.prod(level.factors)
     streamed = _streamed_blocks(below.shape, unit_in, unit_below[0], input_halo(method, level.factors), per_voxel, fixed, budget, itemsize)
     if streamed is None:  # not even one step of one unit: blocks of whole units, as small as they come
@@ -301,16 +311,22 @@ def _streamed_blocks(
     return (length, cross[1], cross[2]), memory
 
 
+def chunks_in_flight(source: str, output: str) -> int:
+    """zarr's `async.concurrency` for a conversion's blocks: at most
+    LOCAL_CHUNKS_IN_FLIGHT when the source and the output are local, else zarr's."""
+    import zarr
+
+    configured = int(zarr.config.get("async.concurrency") or 10)
+    return configured if is_remote(source) or is_remote(output) else min(configured, LOCAL_CHUNKS_IN_FLIGHT)
+
+
 def _chunks_in_flight_bytes(
-    shape: Sequence[int], chunks: Sequence[int] | None, itemsize: int, write_unit: Sequence[int], write_itemsize: int
+    shape: Sequence[int], chunks: Sequence[int] | None, itemsize: int, write_unit: Sequence[int], write_itemsize: int, concurrency: int
 ) -> int:
     """Memory of the input chunks (of an input of ``shape``; none when it is not
     chunked) zarr decodes and the output chunks (or shards) it encodes at the same
-    time, each up to its `async.concurrency` setting (`python benchmarks/block_memory.py`:
-    ~80 MiB above a step's share for 128^3 uint16 chunks, ten in flight)."""
-    import zarr
-
-    concurrency = int(zarr.config.get("async.concurrency") or 10)
+    time, ``concurrency`` of each (`python benchmarks/block_memory.py`: ~80 MiB above a
+    step's share for 128^3 uint16 chunks, ten in flight)."""
     decoded = 0
     if chunks:
         count = math.prod(math.ceil(n / c) for n, c in zip(shape, chunks))

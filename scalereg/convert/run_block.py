@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import zarr
 
 from scalereg.blocks import Block, block_name
 from scalereg.convert.copy_source_block import copy_and_downsample_block, copy_source_block
@@ -52,6 +56,16 @@ def run_block(plan: ConversionPlan, level: int, block: Block) -> dict[str, Any]:
     if exists(marker, options):
         return {"level": level, "block": block, "skipped": True, "seconds": 0.0, "digests": _recorded_digests(marker, options)}
     start = time.perf_counter()
+    with zarr_concurrency(plan.chunks_in_flight):
+        stats = _write_block(plan, level, block)
+    # the chunk digests, per level written, go into the marker: a resumed run that
+    # skips this block still knows them for the levels' checksums
+    digests = {str(level + offset): chunk_digests for offset, chunk_digests in enumerate(stats.pop("digests", []))}
+    write_marker(marker, json.dumps({"digests": digests, "algorithm": CHECKSUM_ALGORITHM}), storage_options=options)
+    return {"level": level, "block": block, "skipped": False, "seconds": time.perf_counter() - start, "digests": digests, **stats}
+
+
+def _write_block(plan: ConversionPlan, level: int, block: Block) -> dict[str, Any]:
     target = _writable(plan, level)
     kind = plan.levels[level].kind
     if kind == "copy":
@@ -62,13 +76,34 @@ def run_block(plan: ConversionPlan, level: int, block: Block) -> dict[str, Any]:
         targets = [_writable(plan, index) for index in fused]
         stats = copy_and_downsample_block(plan.source, target, targets, block, factors, plan.method)
     else:
-        source = open_array(join(plan.output, plan.layout.levels[level - 1].path), storage_options=options)
+        source = open_array(join(plan.output, plan.layout.levels[level - 1].path), storage_options=plan.storage_options)
         stats = stream_downsample_block(source, target, block, plan.layout.levels[level].factors, plan.method)
-    # the chunk digests, per level written, go into the marker: a resumed run that
-    # skips this block still knows them for the levels' checksums
-    digests = {str(level + offset): chunk_digests for offset, chunk_digests in enumerate(stats.pop("digests", []))}
-    write_marker(marker, json.dumps({"digests": digests, "algorithm": CHECKSUM_ALGORITHM}), storage_options=options)
-    return {"level": level, "block": block, "skipped": False, "seconds": time.perf_counter() - start, "digests": digests, **stats}
+    return stats
+
+
+_concurrency_lock = threading.Lock()
+_concurrency_users = 0
+_concurrency_before: Any = None
+
+
+@contextmanager
+def zarr_concurrency(chunks: int) -> Iterator[None]:
+    """zarr's `async.concurrency` set to ``chunks`` while any block of this process
+    runs (threads of one worker share zarr's configuration: the first block in sets
+    it, the last one out restores it)."""
+    global _concurrency_users, _concurrency_before
+    with _concurrency_lock:
+        if _concurrency_users == 0:
+            _concurrency_before = zarr.config.get("async.concurrency")
+            zarr.config.set({"async.concurrency": chunks})
+        _concurrency_users += 1
+    try:
+        yield
+    finally:
+        with _concurrency_lock:
+            _concurrency_users -= 1
+            if _concurrency_users == 0:
+                zarr.config.set({"async.concurrency": _concurrency_before})
 
 
 def _recorded_digests(marker: str, options: dict[str, Any] | None) -> dict[str, dict[str, str]]:
