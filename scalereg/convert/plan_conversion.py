@@ -261,7 +261,10 @@ def _fused_level_two(
     halo = tuple(h1 + f1 * h2 for h1, f1, h2 in zip(halo1, level1.factors, input_halo(method, level2.factors)))
     # level 2's filter works on level 1's planes: its share per level-0 voxel
     per_voxel += bytes_per_output_voxel(itemsize, level2.factors, method) / math.prod(total)
-    return _streamed_blocks(layout.levels[0].shape, block_unit, step, halo, per_voxel, fixed, budget, itemsize)
+    # one unit across (512 x 512 for 128-voxel chunks): wider steps only hold more
+    # memory (the halo's share of a step is already small), narrower blocks spread
+    # better over workers
+    return _streamed_blocks(layout.levels[0].shape, block_unit, step, halo, per_voxel, fixed, budget, itemsize, one_unit_across=True)
 
 
 def _downsample_level(layout: PyramidLayout, index: int, method: str, itemsize: int, budget: int, in_flight: int) -> LevelPlan:
@@ -283,23 +286,32 @@ def _downsample_level(layout: PyramidLayout, index: int, method: str, itemsize: 
 
 
 def _streamed_blocks(
-    shape: tuple[int, ...], unit: tuple[int, ...], step: int, halo: tuple[int, ...], per_voxel: float, fixed: int, budget: int, itemsize: int
+    shape: tuple[int, ...],
+    unit: tuple[int, ...],
+    step: int,
+    halo: tuple[int, ...],
+    per_voxel: float,
+    fixed: int,
+    budget: int,
+    itemsize: int,
+    one_unit_across: bool = False,
 ) -> tuple[tuple[int, int, int], int] | None:
     """The shape (input index space) of blocks streamed along z in steps of ``step``
     planes, and their estimated memory; None when one step of one ``unit`` does not fit.
 
     The budget, less the ``fixed`` part, sets the cross-section of one step (x grown
-    first, then y, in whole units); the block's length along z is then about a
-    budget's worth of input voxels, in whole units, and short enough for the level to
-    have ``MIN_BLOCKS`` blocks: longer blocks read less of their neighbours' planes
-    again (one step at each end), shorter ones spread better over workers."""
+    first, then y, in whole units; one unit with ``one_unit_across``); the block's
+    length along z is then about a budget's worth of input voxels, in whole units, and
+    short enough for the level to have ``MIN_BLOCKS`` blocks: longer blocks read less
+    of their neighbours' planes again (one step at each end), shorter ones spread
+    better over workers."""
     step_unit = (step, unit[1], unit[2])
     # the halo makes the planes read a little more than the step
     per_voxel *= math.prod((u + 2 * h) / u for u, h in zip(step_unit, halo))
     room = budget - fixed
     if math.prod(step_unit) * per_voxel > room:
         return None
-    cross = grow_block((min(step, shape[0]), shape[1], shape[2]), step_unit, per_voxel, room)
+    cross = step_unit if one_unit_across else grow_block((min(step, shape[0]), shape[1], shape[2]), step_unit, per_voxel, room)
     plane_bytes = min(cross[1], shape[1]) * min(cross[2], shape[2]) * itemsize
     length = max(1, budget // (plane_bytes * unit[0])) * unit[0]
     # but at least MIN_BLOCKS blocks where the level has that many units, so that a
