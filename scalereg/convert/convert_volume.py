@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 from scalereg.blocks import block_voxels
 from scalereg.convert.output_state import finish_conversion, finish_level, prepare_output
 from scalereg.convert.plan_conversion import ConversionPlan, plan_conversion
-from scalereg.convert.run_block import run_block
+from scalereg.convert.run_block import run_block_and_release
 
 
 def convert_volume(
@@ -64,12 +64,12 @@ def _map(
     results = []
     if executor is None:
         for block in blocks:
-            results.append(run_block(plan, level, block))
+            results.append(run_block_and_release(plan, level, block))
             if on_block_done:
                 on_block_done(results[-1])
         return results
     # the largest blocks first: the small ones at the volume's far edges fill in at the end
-    futures = [executor.submit(run_block, plan, level, block) for block in sorted(blocks, key=block_voxels, reverse=True)]
+    futures = [executor.submit(run_block_and_release, plan, level, block) for block in sorted(blocks, key=block_voxels, reverse=True)]
     for future in as_completed(futures):
         results.append(future.result())
         if on_block_done:

@@ -89,6 +89,9 @@ def stream_levels(
             if planes is None:
                 break
             sink.push(*planes)
+        # before the next read: what the stages and writers still need, they hold
+        # (a few planes); holding the step here too would keep two steps in memory
+        del new, planes
     for sink in ([copy] if copy is not None else []) + sinks:
         sink.check_done()
     digests = [sink.digests for sink in ([copy] if copy is not None else []) + sinks]
