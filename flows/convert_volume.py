@@ -56,7 +56,7 @@ def convert_volume(
         chunks: Chunk edge (voxels) of the pyramid.
         shards: Shard edge (voxels; NGFF 0.5 only, a multiple of `chunks`).
         labels: A label image: mode downsampling, label values preserved.
-        memory_budget: Memory per task (sets the block size): `auto` or a size such as `256MiB`.
+        memory_budget: Memory per task (sets the block size): `auto` or a size such as `512MiB`.
         overwrite: Replace an existing output.
         cluster: Dask cluster: `local`, `slurm` or another profile in infra/clusters, a cluster
             YAML file, or tcp://host:port of a running scheduler.

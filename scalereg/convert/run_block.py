@@ -90,7 +90,8 @@ _concurrency_before: Any = None
 def zarr_concurrency(chunks: int) -> Iterator[None]:
     """zarr's `async.concurrency` set to ``chunks`` while any block of this process
     runs (threads of one worker share zarr's configuration: the first block in sets
-    it, the last one out restores it)."""
+    it, a block that starts while others run keeps theirs, the last one out restores
+    zarr's)."""
     global _concurrency_users, _concurrency_before
     with _concurrency_lock:
         if _concurrency_users == 0:
