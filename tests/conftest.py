@@ -150,6 +150,27 @@ def s3_env(s3_server, monkeypatch, tmp_path):
     monkeypatch.setenv("SCALEREG_CACHE_DIR", str(tmp_path / "object-cache"))
     # s3fs keeps one filesystem per set of options and credentials come from the
     # environment, not the options: forget filesystems made under other credentials
-    s3fs.S3FileSystem.clear_instance_cache()
+    forget_s3_filesystems()
     yield s3_server
+    forget_s3_filesystems()
+
+
+def forget_s3_filesystems() -> None:
+    """Drop s3fs's cached filesystems, closing their HTTP sessions first: dropped
+    open, aiohttp reported each as an "Unclosed client session" when the test process
+    ended.  A filesystem zarr opened (asynchronous) lives on zarr's event loop, the
+    others on fsspec's."""
+    import s3fs
+    from fsspec.asyn import sync
+    from zarr.core.sync import sync as zarr_sync
+
+    for fs in list(s3fs.S3FileSystem._cache.values()):
+        session = getattr(fs, "_s3creator", None)
+        if session is None:
+            continue
+        if fs.asynchronous:
+            zarr_sync(session.__aexit__(None, None, None))
+        elif fs.loop is not None and fs.loop.is_running():
+            sync(fs.loop, session.__aexit__, None, None, None, timeout=10)
+        fs._s3creator = fs._s3 = None
     s3fs.S3FileSystem.clear_instance_cache()
