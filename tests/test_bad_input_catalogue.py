@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 import zarr
 
-from conftest import phantom, write_bad_sources
+from conftest import forget_s3_filesystems, phantom, write_bad_sources
 from scalereg.cli import main
 from scalereg.errors import BAD_INPUT_STATE
 from scalereg.omezarr import validate_pyramid
@@ -214,7 +214,7 @@ def unreachable_store(monkeypatch: pytest.MonkeyPatch, data: dict[str, str]) -> 
     for name, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "catalogue", "AWS_SECRET_ACCESS_KEY": "catalogue", "AWS_DEFAULT_REGION": "us-east-1"}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(scalereg.storage, "S3_CLIENT_CONFIG", {"connect_timeout": 2, "read_timeout": 5, "retries": {"max_attempts": 1, "mode": "standard"}})
-    s3fs.S3FileSystem.clear_instance_cache()
+    forget_s3_filesystems()
     monkeypatch.setattr(s3fs.S3FileSystem, "retries", 1)
     if os.environ.get("SCALEREG_OUTPUT_ROOTS"):  # a deployment's worker that may write to the bucket
         monkeypatch.setenv("SCALEREG_OUTPUT_ROOTS", os.environ["SCALEREG_OUTPUT_ROOTS"] + ",s3://lab/outputs")

@@ -12,7 +12,7 @@ import pytest
 import s3fs
 import zarr
 
-from conftest import QUICK_MOUSE_SCHEDULE
+from conftest import QUICK_MOUSE_SCHEDULE, forget_s3_filesystems
 from scalereg.errors import BAD_INPUT_STATE
 from scalereg.omezarr import read_pyramid, validate_pyramid
 from scalereg.storage import resolve_options
@@ -75,7 +75,7 @@ def test_register_brain_in_a_bucket_equals_local_and_leaks_no_credential(prefect
     _save_aws_credentials_block("scalereg-test-bucket", server.writer, server.endpoint)
     for name in server.env():
         monkeypatch.delenv(name)
-    s3fs.S3FileSystem.clear_instance_cache()
+    forget_s3_filesystems()
     geometry = {"spacing": list(mouse.spacing), "orientation": mouse.orientation}
     common = dict(registration={"schedule": str(schedule)}, chunks=64, aws_credentials_block="scalereg-test-bucket")
     sources = dict(fixed={"uri": f"s3://{bucket}/brain-src/mouse.tif", **geometry}, moving={"uri": f"s3://{bucket}/brain-src/moved.zarr", **geometry})
@@ -90,7 +90,7 @@ def test_register_brain_in_a_bucket_equals_local_and_leaks_no_credential(prefect
     # the same pyramids, bit for bit, and the same registration
     for name, value in server.env().items():
         monkeypatch.setenv(name, value)  # for the checks below
-    s3fs.S3FileSystem.clear_instance_cache()
+    forget_s3_filesystems()
     options = resolve_options(out)
     for name in ("fixed.ome.zarr", "moving.ome.zarr", "warped.ome.zarr"):
         assert validate_pyramid(f"{out}/{name}") == [], name

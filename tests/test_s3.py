@@ -10,10 +10,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import s3fs
 import zarr
 
-from conftest import phantom
+from conftest import forget_s3_filesystems, phantom
 from s3_server import ThrottlingProxy
 from scalereg.convert import convert_volume
 from scalereg.errors import InputError
@@ -105,7 +104,7 @@ def test_bad_inputs_are_named_and_explained(s3_env, tmp_path, monkeypatch):
     def as_user(key_id: str, secret: str) -> None:
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
-        s3fs.S3FileSystem.clear_instance_cache()
+        forget_s3_filesystems()
 
     # wrong credentials: an unknown key, and a known key with the wrong secret
     as_user("AKIAUNKNOWNKEY000000", server.writer["SecretAccessKey"])
@@ -131,13 +130,13 @@ def test_throttling_is_retried_then_reported(s3_env, tmp_path, monkeypatch):
     # a few SlowDown answers are absorbed by the retries
     with ThrottlingProxy(server.endpoint, "throttle/t.nii.gz", times=2) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
-        s3fs.S3FileSystem.clear_instance_cache()
+        forget_s3_filesystems()
         assert open_source(source).shape == (24, 24, 24)
         assert proxy.throttled == 2
     # a store that never stops throttling: a clear error after the retries
     with ThrottlingProxy(server.endpoint, "throttle/t.nii.gz") as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
-        s3fs.S3FileSystem.clear_instance_cache()
+        forget_s3_filesystems()
         _expect("throttling requests (SlowDown)", source, server, open_source, source)
         assert proxy.throttled > 2
 
@@ -195,13 +194,13 @@ def test_a_store_unavailable_while_zarr_metadata_is_read_is_named_as_such(s3_env
     source = f"s3://{server.bucket}/busy/z.zarr"
     with ThrottlingProxy(server.endpoint, "busy/z.zarr/zarr.json", methods=methods) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
-        s3fs.S3FileSystem.clear_instance_cache()
+        forget_s3_filesystems()
         with pytest.raises(StoreUnavailable) as caught:
             open_source(source)
         message = str(caught.value)
         assert "busy/z.zarr" in message and "\n" not in message, message
         assert "no Zarr metadata" not in message and "unreadable" not in message, message
         assert proxy.throttled > 0
-    s3fs.S3FileSystem.clear_instance_cache()
+    forget_s3_filesystems()
     monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint)
     assert open_source(source).shape == (8, 8, 8)  # the store back: the same source opens

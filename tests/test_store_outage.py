@@ -9,10 +9,9 @@ import time
 
 import numpy as np
 import pytest
-import s3fs
 import zarr
 
-from conftest import phantom
+from conftest import forget_s3_filesystems, phantom
 from s3_server import ThrottlingProxy
 from scalereg.errors import BAD_INPUT_STATE
 from scalereg.omezarr import validate_pyramid
@@ -42,7 +41,7 @@ def test_a_store_outage_mid_write_is_retried_and_the_output_matches_local(prefec
     output = f"s3://{server.bucket}/outage/brain.ome.zarr"
     with ThrottlingProxy(server.endpoint) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)  # the flow and its workers write through the proxy
-        s3fs.S3FileSystem.clear_instance_cache()
+        forget_s3_filesystems()
 
         def outage_when_writing():
             deadline = time.monotonic() + 120
@@ -57,7 +56,7 @@ def test_a_store_outage_mid_write_is_retried_and_the_output_matches_local(prefec
         assert proxy.outages == 1
     assert result["state"] == "new"
     monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint)
-    s3fs.S3FileSystem.clear_instance_cache()
+    forget_s3_filesystems()
     remote = zarr.open_group(output, mode="r", storage_options=resolve_options(output))
     assert np.array_equal(remote["0"][:], volume)
     checksums = [level["checksum"] for level in remote.attrs[STATUS_KEY]["manifest"]["levels"]]
@@ -75,7 +74,7 @@ def test_a_store_that_stays_away_fails_the_run_with_one_line(prefect_server, s3_
     output = f"s3://{server.bucket}/gone/brain.ome.zarr"
     with ThrottlingProxy(server.endpoint) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
-        s3fs.S3FileSystem.clear_instance_cache()
+        forget_s3_filesystems()
 
         def gone_for_good():  # after the first blocks: longer than every retry
             while _markers(server, "gone/brain.ome.zarr/.scalereg-progress/") < 1:
