@@ -296,9 +296,12 @@ def cluster_capacity(address: str) -> ClusterCapacity:
     return ClusterCapacity(threads=max(1, threads), memory_per_task=None if unlimited or not shares else min(shares))
 
 
-def run_stage_on_cluster(inner_flow: Any, cluster: str | None, stage: str, parameters: dict[str, Any], output: str, tasks_per_level: bool = True) -> Any:
+def run_stage_on_cluster(
+    inner_flow: Any, cluster: str | None, stage: str, parameters: dict[str, Any], output: str, inputs: list[tuple[str, Any]], tasks_per_level: bool = True
+) -> Any:
     """What a stage flow run alone does around its inner flow: confine the output
-    parameter ``output`` and take its lock (held until the end), start the cluster,
+    parameter ``output``, keep it apart from ``inputs`` ((role, path) pairs; before its
+    lock file is made beside it) and take its lock (held until the end), start the cluster,
     size ``memory_budget`` (and, for pyramid writers, the batches) from its workers,
     run ``inner_flow`` on it, and return its result or its failure (bad input, or an
     output another run is writing, as one line)."""
@@ -306,10 +309,12 @@ def run_stage_on_cluster(inner_flow: Any, cluster: str | None, stage: str, param
 
     from flows.outputs import checked_output, lock_outputs
     from scalereg.errors import BAD_INPUT_STATE
+    from scalereg.output_rules import check_apart
 
     parameters = dict(parameters)
     try:
         parameters[output] = checked_output(parameters[output])
+        check_apart(parameters[output], inputs)
         locks = lock_outputs(parameters[output])  # before the cluster: a refused run costs nothing
     except InputError as error:
         return Failed(name=BAD_INPUT_STATE, message=str(error))

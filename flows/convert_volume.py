@@ -15,8 +15,9 @@ from prefect import flow
 from pydantic import Field
 from prefect.states import Completed, Failed, State
 
+from flows.checked_flow import checked_flow
 from flows.cluster import AUTO, run_stage_on_cluster
-from flows.parameters import Chunks, Cluster, MemoryBudget, Orientation, Output, Spacing, Unit
+from flows.parameters import Chunks, Cluster, MemoryBudget, Orientation, Output, Spacing, Unit, Uri
 from flows.write_levels import write_pyramid
 from scalereg.convert import plan_conversion
 from scalereg.convert.plan_conversion import DEFAULT_MEMORY_BUDGET
@@ -26,9 +27,9 @@ from tasks.artifacts import artifact_key, publish_report
 from tasks.failures import BAD_INPUT
 
 
-@flow(name="convert-volume", log_prints=True)
+@checked_flow(name="convert-volume", log_prints=True)
 def convert_volume(
-    source: Annotated[str, Field(min_length=1)],
+    source: Uri,
     output: Output,
     spacing: Spacing | None = None,
     unit: Unit | None = None,
@@ -65,7 +66,7 @@ def convert_volume(
         source=source, output=output, spacing=spacing, unit=unit, orientation=orientation, ngff_version=ngff_version,
         chunks=chunks, shards=shards, labels=labels, memory_budget=memory_budget, overwrite=overwrite,
     )  # fmt: skip
-    return run_stage_on_cluster(convert_volume_blocks, cluster, "conversion", parameters, output="output")
+    return run_stage_on_cluster(convert_volume_blocks, cluster, "conversion", parameters, output="output", inputs=[("input", source)])
 
 
 @flow(name="convert-volume-blocks", log_prints=True)

@@ -19,6 +19,7 @@ from flows.cluster import AUTO
 from scalereg.errors import InputError
 from scalereg.geometry import UNITS_IN_MICROMETERS, parse_unit
 from scalereg.orientation import parse_orientation
+from scalereg.redact import refuse_url_credentials
 from scalereg.units import parse_bytes
 
 SpaceUnit = Literal["nanometer", "micrometer", "millimeter", "centimeter", "meter"]
@@ -65,7 +66,16 @@ Spacing = Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=3, max
 Orientation = Annotated[str, Field(pattern=ORIENTATION_PATTERN), BeforeValidator(_pydantic_error(parse_orientation))]
 Unit = Annotated[SpaceUnit, BeforeValidator(_pydantic_error(parse_unit))]
 MemoryBudget = Annotated[str, Field(pattern=BUDGET_PATTERN), BeforeValidator(_pydantic_error(_budget))]
-Output = Annotated[str, Field(min_length=1)]
+# A path or URI: never one with credentials in it (scalereg.redact); the server refuses
+# it before a run (and its parameters) exists, Python callers get the masked URL.
+# Without look-aheads (pydantic's regex engine has none): no scheme at all, or a colon
+# that starts no "//", or a bucket URL whose bucket has no "@" or ":" (a secret may hold
+# "/"), or a web URL whose authority has no "@".
+NO_CREDENTIALS_PATTERN = (
+    r"^(\w*|\w*[^\w:].*|\w*:([^/].*)?|\w*:/([^/].*)?|(s3|s3a|gs|gcs)://[^/@:]*(/.*)?|(https?|file)://[^/@]*(/.*)?)$"
+)
+Uri = Annotated[str, Field(min_length=1, pattern=NO_CREDENTIALS_PATTERN), BeforeValidator(_pydantic_error(lambda value: refuse_url_credentials(str(value), "uri")))]
+Output = Uri
 Cluster = Annotated[str, Field(min_length=1)]
 Chunks = Annotated[int, Field(ge=8, le=1024)]
 # A plain string, not Literal | str: the UI would offer two "str" tabs.
@@ -108,8 +118,7 @@ class ImageSource(_Geometry):
     """A volume to read, with optional geometry that overrides the file's."""
 
     # declared here, not inherited from SourceGeometry: the UI shows fields in this order
-    uri: str = Field(
-        min_length=1,
+    uri: Uri = Field(
         title="URI",
         description="Local path or s3:// URI of a NIfTI, TIFF (file, directory or glob of slices), NRRD/MHA, Zarr or OME-Zarr volume",
     )

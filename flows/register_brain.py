@@ -19,11 +19,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed, Failed, State
 
 from flows.aws_credentials import environment, read_aws_credentials
+from flows.checked_flow import checked_flow
 from flows.cluster import AUTO, cluster_capacity, dask_cluster, runner_for, without_flow_heartbeats
 from flows.convert_volume import convert_volume_blocks
 from flows.outputs import checked_output, lock_outputs
@@ -34,12 +35,14 @@ from flows.warp_volume import warp_volume_tiles
 from scalereg.convert import plan_conversion
 from scalereg.errors import InputError
 from scalereg.omezarr import read_pyramid
+from scalereg.output_rules import check_apart
+from scalereg.register.register_pyramids import registration_inputs
 from scalereg.storage import join, normalize_uri, redact_uri, write_bytes
 from tasks.artifacts import artifact_key
 from tasks.failures import BAD_INPUT
 
 
-@flow(name="register-brain", log_prints=True)
+@checked_flow(name="register-brain", log_prints=True)
 def register_brain(
     fixed: ImageSource,
     moving: ImageSource,
@@ -74,6 +77,7 @@ def register_brain(
     logger = get_run_logger()
     try:
         out = checked_output(out)  # under the output roots, never a bucket's root
+        check_apart(out, registration_inputs(fixed.uri, moving.uri, registration.schedule))  # before a lock is made in it
         credentials = read_aws_credentials(aws_credentials_block)
         with environment(credentials):  # the locks may be in a bucket only the block opens
             # the directory and every stage output in it: a stage flow run alone on one is refused too

@@ -20,26 +20,27 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, Failed, State
 from pydantic import Field
 
+from flows.checked_flow import checked_flow
 from flows.cluster import AUTO, run_on_workers, run_stage_on_cluster
-from flows.parameters import Cluster, MemoryBudget, Output, Schedule
+from flows.parameters import Cluster, MemoryBudget, Output, Schedule, Uri
 from scalereg.errors import InputError
 from scalereg.register.ants_image import load_ants
-from scalereg.register.register_pyramids import DEFAULT_MEMORY_BUDGET, RegistrationRun
+from scalereg.register.register_pyramids import DEFAULT_MEMORY_BUDGET, RegistrationRun, registration_inputs
 from scalereg.storage import join
 from tasks.artifacts import artifact_key
 from tasks.failures import BAD_INPUT, bad_input_message
 from tasks.register import finish_registration, register_step
 
 
-@flow(name="register-volume", log_prints=True)
+@checked_flow(name="register-volume", log_prints=True)
 def register_volume(
-    fixed: Annotated[str, Field(min_length=1)],
-    moving: Annotated[str, Field(min_length=1)],
+    fixed: Uri,
+    moving: Uri,
     out: Output,
     schedule: Schedule = "mouse",
     memory_budget: MemoryBudget = AUTO,
-    fixed_mask: str | None = None,
-    moving_mask: str | None = None,
+    fixed_mask: Uri | None = None,
+    moving_mask: Uri | None = None,
     normalize: bool = False,
     overwrite: bool = False,
     cluster: Cluster = "local",
@@ -65,7 +66,8 @@ def register_volume(
         fixed=fixed, moving=moving, out=out, schedule=schedule, memory_budget=memory_budget,
         fixed_mask=fixed_mask, moving_mask=moving_mask, normalize=normalize, overwrite=overwrite,
     )  # fmt: skip
-    return run_stage_on_cluster(register_volume_steps, cluster, "registration", parameters, output="out", tasks_per_level=False)
+    inputs = registration_inputs(fixed, moving, schedule, fixed_mask, moving_mask)
+    return run_stage_on_cluster(register_volume_steps, cluster, "registration", parameters, output="out", inputs=inputs, tasks_per_level=False)
 
 
 @flow(name="register-volume-steps", log_prints=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 from typing import Annotated, Any
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId, FlowRunFilterTags
@@ -28,11 +28,13 @@ from prefect.exceptions import ObjectNotFound
 from prefect.states import Failed, State
 from pydantic import Field
 
+from flows.checked_flow import checked_flow
 from flows.outputs import checked_output
-from flows.parameters import Chunks, Cluster, ImageSource, Output, RegistrationOptions, SourceGeometry, WarpOptions
+from flows.parameters import Chunks, Cluster, ImageSource, Output, RegistrationOptions, SourceGeometry, Uri, WarpOptions
 from scalereg.errors import BAD_INPUT_STATE, InputError
 from scalereg.find_volumes import FoundVolume, find_volumes
-from scalereg.storage import exists, join
+from scalereg.output_rules import check_apart
+from scalereg.storage import exists, join, normalize_uri
 from tasks.artifacts import artifact_key
 from tasks.failures import BAD_INPUT
 
@@ -40,9 +42,9 @@ REGISTER_BRAIN = "register-brain/register-brain"
 SWEEP_TAG = "scalereg-sweep"
 
 
-@flow(name="sweep-inputs", log_prints=True)
+@checked_flow(name="sweep-inputs", log_prints=True)
 def sweep_inputs(
-    inputs: Annotated[str, Field(min_length=1)],
+    inputs: Uri,
     fixed: ImageSource,
     output: Output,
     moving: SourceGeometry = SourceGeometry(),
@@ -77,6 +79,8 @@ def sweep_inputs(
     logger = get_run_logger()
     try:
         output = checked_output(output)
+        # outputs inside the inputs would be found as volumes by the next sweep
+        check_apart(output, [("inputs location", normalize_uri(inputs)), ("fixed input", fixed.uri)])
         volumes = find_volumes(inputs, min_age_seconds)
     except InputError as error:
         return Failed(name=BAD_INPUT, message=str(error))

@@ -30,6 +30,7 @@ import urllib.request
 from pathlib import Path
 
 from scalereg.errors import InputError
+from scalereg.processes import LAUNCH_DYING_WITH_PARENT
 
 STARTUP_TIMEOUT = 120.0  # seconds; a cold first start migrates a new database
 STARTUP_FAILURE = 3  # uvicorn's exit code when it cannot bind its port or its application fails to start
@@ -97,12 +98,15 @@ class TemporaryServer:
         self.port = free_port()
         self.process = subprocess.Popen(
             [
-                sys.executable, "-m", "uvicorn", "--app-dir", self._app_dir, "--factory", "prefect.server.api.server:create_app",
+                # ends with this process even when it is killed (a plain child would be left serving)
+                sys.executable, "-c", LAUNCH_DYING_WITH_PARENT, str(os.getpid()), "-m", "uvicorn", "--app-dir", self._app_dir, "--factory", "prefect.server.api.server:create_app",
                 "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on",
             ],
             env=self._environment,
             stdout=self._output,
             stderr=subprocess.STDOUT,
+            # a session of its own: Ctrl-C at the terminal reaches the CLI, which stops this server last
+            start_new_session=True,
         )  # fmt: skip
 
     def wait(self, timeout: float = STARTUP_TIMEOUT) -> None:

@@ -16,8 +16,9 @@ from prefect import flow, get_run_logger
 from prefect.states import Completed, Failed, State
 from pydantic import Field
 
+from flows.checked_flow import checked_flow
 from flows.cluster import AUTO, run_stage_on_cluster
-from flows.parameters import Cluster, Interpolation, MemoryBudget, Output
+from flows.parameters import Cluster, Interpolation, MemoryBudget, Output, Uri
 from flows.write_levels import write_pyramid
 from scalereg.errors import InputError
 from scalereg.storage import redact_uri
@@ -27,11 +28,11 @@ from tasks.failures import BAD_INPUT
 
 
 
-@flow(name="warp-volume", log_prints=True)
+@checked_flow(name="warp-volume", log_prints=True)
 def warp_volume(
-    transform: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)],
-    moving: Annotated[str, Field(min_length=1)],
-    reference: Annotated[str, Field(min_length=1)],
+    transform: Annotated[list[Uri], Field(min_length=1)],
+    moving: Uri,
+    reference: Uri,
     output: Output,
     level: Annotated[int, Field(ge=0)] = 0,
     moving_level: Annotated[int, Field(ge=0)] | None = None,
@@ -66,7 +67,8 @@ def warp_volume(
         transform=transform, moving=moving, reference=reference, output=output, level=level, moving_level=moving_level,
         interpolation=interpolation, inverse=inverse, output_dtype=output_dtype, memory_budget=memory_budget, overwrite=overwrite,
     )  # fmt: skip
-    return run_stage_on_cluster(warp_volume_tiles, cluster, "warp", parameters, output="output")
+    inputs = [("moving input", moving), ("reference input", reference), *(("transform input", t) for t in transform)]
+    return run_stage_on_cluster(warp_volume_tiles, cluster, "warp", parameters, output="output", inputs=inputs)
 
 
 @flow(name="warp-volume-tiles", log_prints=True)

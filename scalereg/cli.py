@@ -9,41 +9,196 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator, Sequence
 
-from scalereg.errors import BAD_INPUT_STATE, InputError
+from scalereg.errors import BAD_INPUT_STATE, InputError, input_error_from_os
+from scalereg.processes import die_with_parent
+from scalereg.redact import mask_secrets, refuse_url_credentials
 
 EXIT_USER_ERROR = 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "command", None):
-        parser.print_help()
+    """Run one command; returns its exit code (0, 1 for a failure that is not the
+    user's, 2 for a user error, 130 for an interrupt)."""
+    from scalereg.logs import install_masking, log_to_file, new_log_file
+
+    called_as_command = argv is None and os.environ.get(SUPERVISED_VARIABLE) != "1"
+    argv = list(sys.argv[1:] if argv is None else argv)
+    install_masking()
+    try:
+        for argument in argv:  # before argparse, which echoes what it refuses
+            refuse_url_credentials(argument)
+        args = _parser().parse_args(argv)
+    except InputError as error:
+        return _user_error(error)
+    except _UsageError as error:
+        print(f"scalereg: error: {mask_secrets(str(error))}", file=sys.stderr)
         return EXIT_USER_ERROR
+    if not getattr(args, "command", None):
+        _parser().print_help()
+        return EXIT_USER_ERROR
+    if called_as_command and _supervised_command(args):
+        return _supervise(argv)
+    global _LOG_FILE
+    _LOG_FILE = new_log_file(args.command)
+    _CLEANUPS.append(log_to_file(_LOG_FILE))
     try:
         if getattr(args, "runs_flows", False) and not getattr(args, "dry_run", False):
             _launch_temporary_server_early()
         return int(args.run(args) or 0)
     except InputError as error:
-        print(f"scalereg: error: {error}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return _user_error(error)
     except KeyboardInterrupt:
         print("scalereg: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except Exception as error:  # noqa: BLE001 - a bug: one line, the traceback in the log
+        user = input_error_from_os(error)  # a full disk, a read-only filesystem, no permission
+        if user is not None:
+            return _user_error(user)
+        logging.getLogger("scalereg.cli").error("internal error", exc_info=True)
+        return _internal_error(f"{type(error).__name__}: {error}")
     finally:
         if "flows.cluster" in sys.modules:  # a cluster started ahead that no flow took over
             sys.modules["flows.cluster"].close_prestarted()
         _stop_unused_early_server()
+        while _CLEANUPS:
+            _CLEANUPS.pop()()
+        _LOG_FILE = None
+
+
+SUPERVISED_VARIABLE = "SCALEREG_SUPERVISED"
+# seconds a command gets to stop in order after an interrupt, before its processes are killed
+STOP_GRACE_SECONDS = 8.0
+
+
+def _supervised_command(args: argparse.Namespace) -> bool:
+    """Whether ``args`` starts work that outlives a plain Ctrl-C: a Dask cluster, Prefect's
+    server, or ANTs (a C++ call Python cannot interrupt)."""
+    return args.command in ("convert", "warp", "run", "demo", "register") and not getattr(args, "dry_run", False)
+
+
+def _supervise(argv: list[str]) -> int:
+    """Run the command in a child process in a session of its own, and stop it in order
+    when interrupted.
+
+    Ctrl-C at a terminal signals every process of the terminal's process group: here
+    the command's Dask workers and Prefect's server too, which then die under the run
+    (a worker mid-task, a server the run still reports to) while the command waits on
+    them.  In a session of its own, the command and everything it starts get no signal
+    from the terminal; this process forwards an interrupt (SIGINT, SIGTERM, SIGHUP) to
+    the command alone, which stops its flow, closes its cluster and its server and
+    exits, leaving its outputs incomplete and resumable.  A command that has not
+    stopped ``STOP_GRACE_SECONDS`` later (or at a second Ctrl-C) is killed with every
+    process of its session; so is one whose supervisor is killed (SIGKILL cannot be
+    forwarded: the kernel kills the command, `die_with_parent`, and its workers and
+    server end with it).  Returns its exit code (130 when interrupted)."""
+    import signal
+    import subprocess
+    import time
+
+    child = subprocess.Popen(
+        [sys.executable, "-m", "scalereg.cli", *argv], env={**os.environ, SUPERVISED_VARIABLE: "1"}, stdin=subprocess.DEVNULL,
+        start_new_session=True, preexec_fn=die_with_parent(signal.SIGKILL),  # this process is one thread still: safe
+    )  # fmt: skip
+    interrupts: list[float] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        interrupts.append(time.monotonic())
+        if len(interrupts) == 1 and child.poll() is None:
+            child.send_signal(signal.SIGINT)
+
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {number: signal.getsignal(number) for number in handled}
+    for number in handled:
+        if previous[number] != signal.SIG_IGN:  # an ignored signal (nohup) stays ignored
+            signal.signal(number, forward)
+    try:
+        while True:
+            try:
+                code = child.wait(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if interrupts and (len(interrupts) > 1 or time.monotonic() - interrupts[0] > STOP_GRACE_SECONDS):
+                _kill_session(child.pid, signal.SIGKILL)
+                child.wait()
+                print("scalereg: interrupted; the run did not stop in time and was killed; re-run the same command to resume", file=sys.stderr)
+                return 130
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    _kill_session(child.pid, signal.SIGTERM)  # anything of the run still there (there should be nothing)
+    return 130 if interrupts and code in (130, -signal.SIGINT) else code
+
+
+def _kill_session(session: int, signum: int) -> None:
+    """Signal every process whose session is ``session`` (the command's; none of ours)."""
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if entry.isdigit():
+            try:
+                if os.getsid(int(entry)) == session:
+                    os.kill(int(entry), signum)
+            except (ProcessLookupError, PermissionError):
+                continue
+
+
+# The log file of the command running now (see scalereg.logs), and what undoes, when
+# it ends, what it changed in this process (main may be called again, from Python).
+_LOG_FILE: Path | None = None
+_CLEANUPS: list[Callable[[], None]] = []
+
+
+def _user_error(error: InputError) -> int:
+    print(f"scalereg: error: {_one_line(str(error))}", file=sys.stderr)
+    return EXIT_USER_ERROR
+
+
+def _internal_error(message: str) -> int:
+    """Report a failure that is not the user's: one line, saying so and where the log is."""
+    where = f"; the log is {_LOG_FILE}" if _LOG_FILE is not None and _LOG_FILE.exists() else ""
+    print(f"scalereg: internal error (a bug in scalereg, please report it): {_one_line(message)}{where}", file=sys.stderr)
+    return 1
+
+
+def _failed_run(state: Any) -> int:
+    """The exit code of a flow run that failed, after printing its one line: 2 for bad
+    input (and parameters its models refused), 1 for anything else."""
+    message = state.message or state.name
+    if state.name == BAD_INPUT_STATE:
+        print(f"scalereg: error: {_one_line(message)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    if "invalid parameters" in message:  # Prefect's parameter validation: the models refused a value
+        print(f"scalereg: error: {_one_line(message.split('invalid parameters:', 1)[-1])}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    logging.getLogger("scalereg.cli").error("flow run failed: %s", message)
+    return _internal_error(message)
+
+
+def _one_line(text: str) -> str:
+    """``text`` masked and on one line (a multi-line message's lines joined with '; ')."""
+    lines = [line.strip().removeprefix("- ") for line in mask_secrets(text).splitlines() if line.strip()]
+    return "; ".join(lines)
+
+
+class _UsageError(Exception):
+    """What argparse refuses (an unknown option, a value of the wrong type)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a refusal as one line (usage is one ``--help`` away)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _UsageError(f"{message} (see: {self.prog} --help)")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scalereg", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = _Parser(prog="scalereg", description=__doc__.splitlines()[0] if __doc__ else None)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     convert = commands.add_parser("convert", help="convert a volume to an OME-Zarr pyramid (runs the convert-volume flow)")
@@ -97,6 +252,7 @@ def _parser() -> argparse.ArgumentParser:
     points.add_argument("--source-image", default=None, help="OME-Zarr the points refer to (default: from the transform directory)")
     points.add_argument("--target-image", default=None, help="OME-Zarr of the target space (default: from the transform directory)")
     points.add_argument("--drop-outside", action="store_true", help="leave out points that land outside the target image")
+    points.add_argument("--overwrite", action="store_true", help="replace an --out that an earlier transform-points wrote")
     points.set_defaults(run=_transform_points)
 
     run = commands.add_parser("run", help="the whole pipeline for one brain: convert, register coarse to fine, warp (register-brain flow)")
@@ -133,7 +289,7 @@ def _parser() -> argparse.ArgumentParser:
     sample.set_defaults(run=_sample_data)
 
     demo = commands.add_parser("demo", help="fetch the sample mouse brain and run the pipeline on it (LocalCluster)")
-    demo.add_argument("--out", default="scalereg-demo", help="output directory (default: ./scalereg-demo)")
+    demo.add_argument("--out", default="scalereg-demo", help="directory for the demo's inputs/ and outputs/ (default: ./scalereg-demo)")
     demo.add_argument("--cluster", default="local", help="cluster profile, YAML file or tcp:// address")
     demo.set_defaults(run=_demo, runs_flows=True)
     return parser
@@ -191,8 +347,7 @@ def _run_convert_flow(source: str, output: str, options: dict[str, Any], overwri
     with prefect_ready():
         state = convert_volume(source=source, output=output, overwrite=overwrite, cluster=cluster, return_state=True, **options)
     if state.is_failed():
-        print(f"scalereg: error: {state.message}", file=sys.stderr)
-        return EXIT_USER_ERROR if state.name == BAD_INPUT_STATE else 1
+        return _failed_run(state)
     result = state.result()
     print(f"wrote {result['output']} ({result['state']})")
     return 0
@@ -278,8 +433,7 @@ def _warp(args: argparse.Namespace) -> int:
     with prefect_ready():
         flow_state = warp_volume(**options, overwrite=args.overwrite, cluster=args.cluster, return_state=True)
     if flow_state.is_failed():
-        print(f"scalereg: error: {flow_state.message}", file=sys.stderr)
-        return EXIT_USER_ERROR if flow_state.name == BAD_INPUT_STATE else 1
+        return _failed_run(flow_state)
     result = flow_state.result()
     outside = result["levels"][0].get("tiles_outside", 0) if result["levels"] else 0
     print(f"wrote {result['output']} ({result['state']})" + (f"; {outside} tiles mapped entirely outside the moving image" if outside else ""))
@@ -290,10 +444,20 @@ def _transform_points(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from scalereg.output_roots import confine_output
+    from scalereg.output_rules import check_apart, existing_output
+    from scalereg.storage import check_writable
     from scalereg.transforms.transform_points import transform_points
 
     # this command writes without a flow: confine its output here (when roots are set), before any work
     target = confine_output(_path_or_uri(args.out), subject="--out")
+    if "://" not in target:
+        check_writable(target, subject="--out")
+    inputs = [("points file", _path_or_uri(args.points)), ("source image", args.source_image), ("target image", args.target_image)]
+    check_apart(target, inputs + [("transform input", t) for t in args.transform], subject="--out")
+    if existing_output(target, "points", subject="--out") != "nothing" and not args.overwrite:
+        raise InputError("--out", f"{target}: already exists (written by transform-points); pass --overwrite to replace it")
+    if os.path.isdir(args.points):
+        raise InputError(args.points, "is a directory, not a CSV file of points")
     try:
         table = pd.read_csv(args.points)
     except (FileNotFoundError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
@@ -386,8 +550,7 @@ def _run(args: argparse.Namespace) -> int:
 def _print_stages(state: Any) -> int:
     """Exit code of a register-brain run, after printing its stages (or its error)."""
     if state.is_failed():
-        print(f"scalereg: error: {state.message}", file=sys.stderr)
-        return EXIT_USER_ERROR if state.name == BAD_INPUT_STATE else 1
+        return _failed_run(state)
     for stage in state.result()["stages"]:
         print(f"{stage['stage']}: {stage['state']} -> {stage['output']}")
     return 0
@@ -434,6 +597,8 @@ def _validate(args: argparse.Namespace) -> int:
     from scalereg.transforms.transform_checksums import has_transform_manifest, validate_transform_directory
 
     path = _path_or_uri(args.path)
+    if "://" not in path and not os.path.exists(path):
+        raise InputError(path, "no such file or directory")
     # a transform directory (its manifest.json) or an OME-Zarr image
     problems = validate_transform_directory(path) if has_transform_manifest(path) else validate_pyramid(path)
     if problems:
@@ -480,17 +645,18 @@ def _demo(args: argparse.Namespace) -> int:
     from scalereg.synthetic import deform, make_deformation, residual_um
 
     mouse = fetch_sample_data(["mouse"])["mouse"]
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    # the made-up inputs and the run's outputs side by side: an output never holds an input
+    inputs, out = Path(args.out).resolve() / "inputs", Path(args.out).resolve() / "outputs"
+    inputs.mkdir(parents=True, exist_ok=True)
     print(f"sample: {mouse.path}")
     volume = tifffile.imread(mouse.path)
     geometry = Geometry(spacing=mouse.spacing, unit=mouse.unit, orientation=mouse.orientation)
-    truth = make_deformation(to_ants_image(volume, geometry), out / "truth")
+    truth = make_deformation(to_ants_image(volume, geometry), inputs / "truth")
     moved = deform(volume, geometry, truth)
-    if not _holds_array(out / "moved.zarr", moved):  # a re-run keeps it, so the flow resumes instead of refusing
-        zarr.save_array(str(out / "moved.zarr"), moved, overwrite=True)
-    (out / "schedule.json").write_text(json.dumps(DEMO_SCHEDULE))
-    print("moving: the same brain moved by a known affine and a smooth warp (moved.zarr)")
+    if not _holds_array(inputs / "moved.zarr", moved):  # a re-run keeps it, so the flow resumes instead of refusing
+        zarr.save_array(str(inputs / "moved.zarr"), moved, overwrite=True)
+    (inputs / "schedule.json").write_text(json.dumps(DEMO_SCHEDULE))
+    print(f"moving: the same brain moved by a known affine and a smooth warp ({inputs / 'moved.zarr'})")
     print("running the register-brain flow: convert both, register coarse to fine, warp at full resolution\n")
     prefect_ready = _start_prefect(args.cluster)
     from flows.register_brain import register_brain
@@ -498,8 +664,8 @@ def _demo(args: argparse.Namespace) -> int:
     as_read = {"spacing": list(mouse.spacing), "unit": mouse.unit, "orientation": mouse.orientation}  # a TIFF says none of it
     with prefect_ready():
         state = register_brain(
-            fixed={"uri": str(mouse.path), **as_read}, moving={"uri": str(out / "moved.zarr"), **as_read}, out=str(out),
-            registration={"schedule": str(out / "schedule.json")}, chunks=64, cluster=args.cluster, return_state=True,
+            fixed={"uri": str(mouse.path), **as_read}, moving={"uri": str(inputs / "moved.zarr"), **as_read}, out=str(out),
+            registration={"schedule": str(inputs / "schedule.json")}, chunks=64, cluster=args.cluster, return_state=True,
         )  # fmt: skip
     code = _print_stages(state)
     if code:
@@ -583,11 +749,15 @@ def _start_prefect(cluster: str | None = None, verbose: bool = False) -> Callabl
         _use_prefect_api(server.api_url)  # this process and the workers it starts
     _stop_unused_early_server()  # Prefect's settings name a server (a profile's PREFECT_API_URL)
     from flows.cluster import close_prestarted, prestart_cluster, without_flow_heartbeats
+    from scalereg.logs import CONSOLE_VARIABLE, one_line_console
 
+    # the workers started for this command print to the terminal as it does (tasks/worker_preload.py)
+    _set_environment(CONSOLE_VARIABLE, "one-line")
     prestart_cluster(cluster)  # `main` closes it if no flow takes it over
 
     @contextmanager
     def ready() -> Iterator[None]:
+        _CLEANUPS.append(one_line_console())  # Prefect's console: warnings only, one line each; errors are ours to print
         if server is None:
             yield
             return
@@ -599,6 +769,13 @@ def _start_prefect(cluster: str | None = None, verbose: bool = False) -> Callabl
             yield
 
     return ready
+
+
+def _set_environment(name: str, value: str) -> None:
+    """Set an environment variable for the rest of this command (restored when it ends)."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    _CLEANUPS.append(lambda: os.environ.__setitem__(name, previous) if previous is not None else os.environ.pop(name, None))
 
 
 # Prefect's temporary server, launched by `main` before a command that runs flows has

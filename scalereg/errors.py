@@ -32,3 +32,24 @@ class TransientError(InputError):
     """A problem outside scalereg that may pass by itself (a store that cannot be reached
     for a moment, or keeps throttling).  Tasks retry it with backoff; when it outlasts
     the retries it is reported like a user error: one line, naming the input."""
+
+
+# What the system says when a place cannot be written for a reason the user must fix:
+# a full disk or quota, a read-only filesystem, no permission, a file where a folder
+# should be.  Retrying does not help; saying where does.
+_USER_ERRNOS = {"ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "ENOTDIR", "EISDIR", "ENAMETOOLONG"}
+
+
+def input_error_from_os(error: BaseException) -> InputError | None:
+    """``error`` (an OSError, or one raised from one) as the user's problem, naming the
+    path, when it is one of those; else None (a transient fault or a bug)."""
+    import errno
+
+    item: BaseException | None = error
+    seen = 0
+    while item is not None and seen < 10:
+        if isinstance(item, OSError) and errno.errorcode.get(item.errno or 0) in _USER_ERRNOS:
+            where = item.filename or "output"
+            return InputError(str(where), f"cannot be written: {item.strerror or type(item).__name__}")
+        item, seen = item.__cause__ or item.__context__, seen + 1
+    return None

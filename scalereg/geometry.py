@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 import numpy as np
 
 from scalereg.errors import InputError
 from scalereg.orientation import direction_matrix, orientation_from_direction, parse_orientation
+
+T = TypeVar("T")
 
 # NGFF space units and their size in micrometers.
 UNITS_IN_MICROMETERS: dict[str, float] = {
@@ -32,6 +34,10 @@ UNITS_IN_MICROMETERS: dict[str, float] = {
     "centimeter": 1e4,
     "meter": 1e6,
 }
+# Bounds of what any image's voxels and position can be, in micrometers.
+SMALLEST_SPACING_UM = 1e-6
+LARGEST_SPACING_UM = 1e6
+LARGEST_ORIGIN_UM = 1e9
 _UNIT_ALIASES = {
     "nm": "nanometer",
     "um": "micrometer",
@@ -75,11 +81,20 @@ class Geometry:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "spacing", parse_spacing(self.spacing))
-        origin = tuple(float(o) for o in self.origin)
+        try:
+            origin = tuple(float(o) for o in self.origin)
+        except (TypeError, ValueError):
+            raise InputError("origin", f"origin {self.origin!r} is not three numbers") from None
         if len(origin) != 3 or not all(math.isfinite(o) for o in origin):
-            raise InputError("origin", f"origin {self.origin!r} must be three finite numbers")
+            raise InputError("origin", f"origin {tuple(map(float, origin))} must be three finite numbers")
         object.__setattr__(self, "origin", origin)
         object.__setattr__(self, "unit", parse_unit(self.unit))
+        # a voxel size or a position no image has: a corrupt header, or a wrong unit
+        scale = UNITS_IN_MICROMETERS[self.unit]
+        if not all(SMALLEST_SPACING_UM <= s * scale <= LARGEST_SPACING_UM for s in self.spacing):
+            raise InputError("spacing", f"spacing {self.spacing} {self.unit} is not a plausible voxel size (between 1 pm and 1 m)")
+        if not all(abs(o) * scale <= LARGEST_ORIGIN_UM for o in origin):
+            raise InputError("origin", f"origin {origin} {self.unit} is not a plausible position (more than 1 km from the scanner's origin)")
         if self.orientation is not None:
             object.__setattr__(self, "orientation", parse_orientation(self.orientation))
 
@@ -139,4 +154,15 @@ def geometry_from_lps(
             f"{subject}: oblique axes ({angle:.2f} degrees from {code!r}); "
             "the rotation was dropped and the nearest orientation code kept",
         )
-    return Geometry(spacing=parse_spacing(spacing, subject), origin=tuple(origin), unit=unit, orientation=code, notes=notes)
+    return named(subject, lambda: Geometry(spacing=parse_spacing(spacing, subject), origin=tuple(origin), unit=unit, orientation=code, notes=notes))
+
+
+def named(subject: str, make: Callable[[], T]) -> T:
+    """``make()``, with an InputError it raises about one of its fields ("spacing: ...")
+    naming ``subject``, the input those values came from."""
+    try:
+        return make()
+    except InputError as error:
+        if error.subject == subject:
+            raise
+        raise InputError(subject, f"{error.subject}: {error.problem}") from None

@@ -15,6 +15,7 @@ import fsspec
 import zarr
 
 from scalereg.errors import InputError
+from scalereg.redact import check_bucket_name, refuse_url_credentials
 
 # Settings a caller may give for S3 (everything else comes from the environment).
 S3_SETTINGS = ("endpoint_url", "region", "anon", "profile")
@@ -31,9 +32,11 @@ def is_remote(uri: str) -> bool:
 
 
 def normalize_uri(uri: str | os.PathLike) -> str:
-    """Absolute local path, or the URI unchanged for object stores."""
-    text = os.fspath(uri)
+    """Absolute local path, or the URI unchanged for object stores (refused when it
+    carries credentials or names no valid bucket)."""
+    text = refuse_url_credentials(os.fspath(uri))
     if is_remote(text):
+        check_bucket_name(text)
         return text.rstrip("/")
     if text.startswith("file://"):
         text = text[len("file://"):]
@@ -53,8 +56,10 @@ def resolve_options(uri: str, storage_options: dict[str, Any] | None = None) -> 
     fsspec options given are passed through unchanged.
     """
     options = dict(storage_options or {})
+    refuse_url_credentials(str(uri))  # every opening of a store comes through here
     if not str(uri).startswith(("s3://", "s3a://")):
         return options
+    check_bucket_name(str(uri))
     env = os.environ
     endpoint = options.pop("endpoint_url", None) or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
     region = options.pop("region", None) or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
@@ -96,14 +101,46 @@ def filesystem(uri: str, storage_options: dict[str, Any] | None = None) -> tuple
 
 
 def output_uri(uri: str | os.PathLike) -> str:
-    """``uri`` normalised, refusing a bucket's root: scalereg writes under a prefix only,
-    so a mistyped output can never scatter objects over a whole bucket."""
+    """``uri`` normalised, refusing a bucket's root (scalereg writes under a prefix only,
+    so a mistyped output can never scatter objects over a whole bucket) and a local
+    place that cannot be written (`check_writable`)."""
     text = normalize_uri(uri)
     if is_remote(text):
         _, _, rest = text.partition("://")
         if "/" not in rest.strip("/"):
             raise InputError(text, "is the root of a bucket; give a prefix to write under, e.g. s3://bucket/run1")
+    else:
+        check_writable(text)
     return text
+
+
+# A filesystem with less free space than this is full: nothing scalereg writes fits.
+MIN_FREE_BYTES = 16 * 2**20
+
+
+def check_writable(path: str, subject: str | None = None) -> None:
+    """Refuse a local output ``path`` that cannot be written, before anything is: its
+    nearest existing folder is a file, read-only (filesystem or permissions) or on a
+    full filesystem."""
+    name, at = (subject, f"{path}: ") if subject else (path, "")
+    existing = os.path.abspath(path)
+    while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    target = existing if os.path.isdir(existing) else os.path.dirname(existing)
+    if existing != os.path.abspath(path) and not os.path.isdir(existing):
+        raise InputError(name, f"{at}cannot be created: {existing} is a file, not a folder")
+    try:
+        info = os.statvfs(target)
+    except OSError as error:
+        raise InputError(name, f"{at}cannot be written: {error.strerror}") from None
+    if info.f_flag & os.ST_RDONLY:
+        raise InputError(name, f"{at}cannot be written: {target} is on a read-only filesystem")
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise InputError(name, f"{at}cannot be written: no permission to write in {target}")
+    free = info.f_bavail * info.f_frsize
+    if free < MIN_FREE_BYTES:
+        raise InputError(name, f"{at}cannot be written: the filesystem of {target} is full ({free // 1024} KiB free)")
+
 
 
 def read_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes:
@@ -126,18 +163,6 @@ def write_bytes(uri: str, data: bytes, storage_options: dict[str, Any] | None = 
 
 def join(uri: str, *parts: str) -> str:
     return "/".join([uri.rstrip("/"), *[p.strip("/") for p in parts]])
-
-
-def lies_inside(uri: str, container: str) -> bool:
-    """Whether ``uri`` is ``container`` or lies under it (local paths resolved first:
-    ``..`` and symlinks; URIs compared as they are)."""
-    if is_remote(str(uri)) != is_remote(str(container)):
-        return False
-    if is_remote(str(uri)):
-        a, b = str(uri).rstrip("/"), str(container).rstrip("/")
-    else:
-        a, b = os.path.realpath(normalize_uri(uri)), os.path.realpath(normalize_uri(container))
-    return a == b or a.startswith(b.rstrip("/") + "/")
 
 
 def exists(uri: str, storage_options: dict[str, Any] | None = None) -> bool:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from scalereg.errors import InputError
 
+LARGEST_SIZE = 2**60  # bytes: an exbibyte, more than any machine or cluster has
 _FACTORS = {
     "": 1,
     "b": 1,
@@ -33,10 +35,12 @@ def parse_bytes(value: str | int | float, subject: str = "memory-budget") -> int
         if not match or match.group(2).lower() not in _FACTORS:
             raise InputError(subject, f"cannot read {value!r} as a size (e.g. 8GiB, 512MB)")
         number, suffix = float(match.group(1)), match.group(2).lower()
-    size = int(number * _FACTORS[suffix])
-    if size <= 0:
+    size = number * _FACTORS[suffix]
+    if not math.isfinite(size) or size > LARGEST_SIZE:
+        raise InputError(subject, f"size {value!r} is not a plausible amount of memory (at most {LARGEST_SIZE / 1024**6:g} EiB)")
+    if int(size) <= 0:
         raise InputError(subject, f"size {value!r} must be positive")
-    return size
+    return int(size)
 
 
 def format_bytes(size: float) -> str:

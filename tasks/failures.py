@@ -7,7 +7,7 @@ from typing import Any, Callable, TypeVar
 
 from prefect.states import Failed
 
-from scalereg.errors import BAD_INPUT_STATE, InputError, TransientError
+from scalereg.errors import BAD_INPUT_STATE, InputError, TransientError, input_error_from_os
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -32,6 +32,11 @@ def fail_on_input_error(fn: F) -> F:
             raise  # retried (see retry_transient); reported like bad input if it persists
         except InputError as error:
             return Failed(name=BAD_INPUT, message=str(error))
+        except OSError as error:
+            user = input_error_from_os(error)  # a full disk, a read-only filesystem: no retry helps
+            if user is None:
+                raise
+            return Failed(name=BAD_INPUT, message=str(user))
 
     return wrapper  # type: ignore[return-value]
 

@@ -65,6 +65,56 @@ def label_phantom(shape: tuple[int, int, int], labels: int = 5, seed: int = 1) -
     return out
 
 
+def session_processes(session: int) -> list[int]:
+    """The pids of every process whose session is ``session``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getsid(int(entry)) == session:
+                    found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def parent_of(pid: int) -> int | None:
+    """The parent process of ``pid`` (None when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return int(handle.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def command_session(process) -> int | None:
+    """The session of the command a `scalereg` process runs: the CLI runs flow commands
+    in a child process in a session of its own (`scalereg.cli._supervise`)."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and parent_of(int(entry)) == process.pid:
+            try:
+                return os.getsid(int(entry))
+            except OSError:
+                continue
+    return None
+
+
+def kill_command(process, timeout: float = 30.0) -> None:
+    """SIGKILL a `scalereg` command as a user kills it (its process group), and wait until
+    every process of the run it supervised (flow, workers, server) is gone with it."""
+    import signal
+    import time
+
+    session = command_session(process)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    deadline = time.monotonic() + timeout
+    while session is not None and session_processes(session) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = session_processes(session) if session is not None else []
+    assert not left, f"processes of the killed command still running: {left}"
+
+
 @pytest.fixture(scope="session")
 def prefect_server():
     """A real temporary Prefect server (API + database) for the whole session."""

@@ -24,6 +24,7 @@ def files(tmp_path):
     zarr.create_array(str(paths["empty"]), shape=(0, 4, 4), dtype="uint8")
     paths["existing"] = tmp_path / "existing.ome.zarr"
     paths["existing"].mkdir()
+    (paths["existing"] / "notes.txt").write_text("someone else's")  # an empty directory would be nothing in the way
     return paths
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import zarr
 
-from conftest import phantom
+from conftest import parent_of, phantom
 from scalereg.errors import BAD_INPUT_STATE, InputError
 from scalereg.output_lock import STALE_ENVIRONMENT_VARIABLE, OutputLock
 
@@ -305,11 +305,12 @@ def test_two_flow_runs_at_one_output_the_second_is_refused_the_first_completes(p
             time.sleep(0.05)
         assert lock.exists(), f"the first run did not take its lock: {first.poll()} {first.stderr.read() if first.poll() is not None else ''}"
         owner = json.loads(lock.read_text())
-        assert owner["pid"] == first.pid and owner["run"].startswith("convert-volume '")
+        # the CLI runs the command in a child of its own (scalereg.cli._supervise): that process holds the lock
+        assert parent_of(owner["pid"]) == first.pid and owner["run"].startswith("convert-volume '")
 
         second = convert_volume(source=raw, output=str(out), spacing=[2.0, 1.0, 1.0], chunks=32, overwrite=True, return_state=True)
         assert second.is_failed() and second.name == BAD_INPUT_STATE
-        assert f"is being written by run {owner['run']} on host {owner['host']} (pid {first.pid}" in second.message
+        assert f"is being written by run {owner['run']} on host {owner['host']} (pid {owner['pid']}" in second.message
         stdout, stderr = first.communicate(timeout=300)
     finally:
         if first.poll() is None:

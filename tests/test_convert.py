@@ -292,9 +292,18 @@ def test_existing_output_is_refused_without_overwrite(tmp_path):
     (out / "something").write_text("precious")
     with pytest.raises(InputError, match="already exists"):
         convert_volume(str(raw), str(out), spacing=(1, 1, 1))
+    # --overwrite replaces only what scalereg wrote: never a folder of someone else's files
+    with pytest.raises(InputError, match="did not write \\(something\\)"):
+        convert_volume(str(raw), str(out), spacing=(1, 1, 1), overwrite=True)
     assert (out / "something").read_text() == "precious"
-    convert_volume(str(raw), str(out), spacing=(1, 1, 1), overwrite=True)
-    assert not (out / "something").exists()
+    (out / "something").unlink()
+    convert_volume(str(raw), str(out), spacing=(1, 1, 1))  # an empty directory is nothing in the way
+    other = tmp_path / "other.zarr"
+    zarr.save_array(str(other), phantom((16, 16, 16), "uint16", seed=3))
+    with pytest.raises(InputError, match="written for other inputs.*--overwrite"):
+        convert_volume(str(other), str(out), spacing=(1, 1, 1))
+    convert_volume(str(other), str(out), spacing=(1, 1, 1), overwrite=True)  # a pyramid scalereg wrote is replaced
+    assert np.array_equal(zarr.open_array(str(out / "0"))[:], zarr.open_array(str(other))[:])
 
 
 def test_nan_voxels_stop_the_conversion_and_leave_it_incomplete(tmp_path):

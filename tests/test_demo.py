@@ -38,8 +38,8 @@ def test_demo_registers_the_moved_brain_back_and_a_rerun_resumes(tmp_path):
     median = float(re.search(r"recovered mapping on brain voxels: median ([0-9.]+) um \(affine only: ([0-9.]+) um\)", first.stdout).group(1))
     assert median < 150, first.stdout[-3000:]  # 50 um voxels; about 55-60 um seen
     for name in ("fixed.ome.zarr", "moving.ome.zarr", "warped.ome.zarr", "report.md", "transform/manifest.json"):
-        assert (out / name).exists(), name
-    moved_mtime = (out / "moved.zarr").stat().st_mtime_ns
+        assert (out / "outputs" / name).exists(), name
+    moved_mtime = (out / "inputs" / "moved.zarr").stat().st_mtime_ns
 
     second = _demo(out, home)  # the README's command again, in the same directory
     assert second.returncode == 0, second.stderr[-3000:]
@@ -47,4 +47,4 @@ def test_demo_registers_the_moved_brain_back_and_a_rerun_resumes(tmp_path):
     assert set(stages) == {"convert fixed", "convert moving", "register", "warp"}, second.stdout[-3000:]
     assert all(state.startswith("skipped") for state in stages.values()), stages
     assert _ncc(second.stdout) == (moved, warped)
-    assert (out / "moved.zarr").stat().st_mtime_ns == moved_mtime  # the moving input was left as it was
+    assert (out / "inputs" / "moved.zarr").stat().st_mtime_ns == moved_mtime  # the moving input was left as it was

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import kill_command
 from scalereg.convert.run_block import PROGRESS_DIR
 
 pytestmark = pytest.mark.integration
@@ -70,8 +71,7 @@ def test_killed_warp_resumes_without_recomputing_and_matches_an_uninterrupted_ru
         while len(_markers(killed)) < 6 and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
     finally:
-        os.killpg(process.pid, signal.SIGKILL)  # the flow process and its LocalCluster's workers
-        process.wait()
+        kill_command(process)  # the command, its flow process and its LocalCluster's workers
     assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()[-2000:]
     done = _markers(killed)
     assert 6 <= len(done) < tiles, f"{len(done)} of {tiles} tiles finished before the kill"

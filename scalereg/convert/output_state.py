@@ -15,7 +15,8 @@ from scalereg.errors import InputError
 from scalereg.omezarr.level_checksums import ALGORITHM as CHECKSUM_ALGORITHM
 from scalereg.omezarr.level_checksums import level_checksum
 from scalereg.omezarr.create_pyramid_store import STATUS_KEY, create_pyramid_store, mark_complete, mark_level_complete
-from scalereg.storage import exists, join, open_group, redact_uri, remove_tree
+from scalereg.output_rules import existing_output
+from scalereg.storage import join, open_group, redact_uri, remove_tree
 from scalereg.storage_errors import translating
 
 _on_output = translating(lambda plan, *args, **kwargs: plan.output)
@@ -27,29 +28,33 @@ OutputState = Literal["new", "resume", "complete"]
 def output_state(plan: ConversionPlan, overwrite: bool = False) -> OutputState:
     """What writing ``plan`` will do to its output, without touching it.
 
-    An existing output written by the same conversion (same fingerprint) is resumed
-    (``"resume"``) or, if finished, left alone (``"complete"``); with ``overwrite``
-    anything in the way is replaced (``"new"``); otherwise it is refused.
+    Nothing there (or an empty directory): ``"new"``.  A pyramid scalereg wrote for the
+    same conversion (same fingerprint) is resumed (``"resume"``) or, if finished, left
+    alone (``"complete"``); with ``overwrite`` a pyramid scalereg wrote is replaced
+    (``"new"``).  Anything else is refused (`scalereg.output_rules.existing_output`):
+    a pyramid for other inputs without ``overwrite``, and whatever scalereg did not
+    write, with or without it.
     """
     options = plan.storage_options
-    if overwrite or not exists(plan.output, options):
+    if existing_output(plan.output, "pyramid", options) == "nothing" or overwrite:
         return "new"
     status = _status(plan.output, options)
     if status.get("fingerprint") == plan.fingerprint:
         return "complete" if status.get("status") == "complete" else "resume"
-    raise InputError(plan.output, "output already exists; pass --overwrite (overwrite=True) to replace it")
+    raise InputError(plan.output, "output already exists (a pyramid written for other inputs); pass --overwrite (overwrite=True) to replace it")
 
 
 @_on_output
 def prepare_output(plan: ConversionPlan, overwrite: bool = False) -> OutputState:
-    """Create the output store (see `output_state` for what happens to an existing one)."""
+    """Create the output store (see `output_state` for what happens to an existing one:
+    only a pyramid scalereg wrote is ever removed)."""
     options = plan.storage_options
     state = output_state(plan, overwrite)
     if state == "resume":
         plan.source.prepare(plan.output, options)
     if state != "new":
         return state
-    remove_tree(plan.output, options)
+    remove_tree(plan.output, options)  # nothing, an empty directory or a pyramid of ours (output_state)
     provenance = {
         "source": redact_uri(plan.source.uri),
         "source_format": type(plan.source).__name__,

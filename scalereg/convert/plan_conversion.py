@@ -14,12 +14,14 @@ import numpy as np
 from scalereg.blocks import Block, aligned_blocks, grow_block
 from scalereg.errors import InputError, MemoryBudgetError
 from scalereg.geometry import Geometry, parse_spacing, parse_unit
+from scalereg.io.check_header import check_header
 from scalereg.io import Source, open_source
 from scalereg.omezarr.pyramid_layout import NgffVersion, PyramidLayout, pyramid_layout
 from scalereg.orientation import parse_orientation
 from scalereg.pyramid.downsample_block import bytes_per_output_voxel, input_halo, method_for
 from scalereg.pyramid.level_schedule import level_schedule
-from scalereg.storage import is_remote, lies_inside, output_uri
+from scalereg.output_rules import check_apart
+from scalereg.storage import is_remote, output_uri
 from scalereg.units import format_bytes, parse_bytes
 
 DEFAULT_MEMORY_BUDGET = "512MiB"
@@ -105,14 +107,24 @@ def resolve_geometry(
     """
     if spacing is None and source.spacing is None:
         raise InputError(source.uri, "the file stores no voxel spacing; give it (e.g. --spacing 4 1.8 1.8 --unit micrometer)")
+    if unit is None and source.unit_unknown:
+        raise InputError(source.uri, f"{source.unit_unknown.removeprefix(source.uri + ': ')}; give the unit (--unit millimeter, micrometer, ...)")
     resolved_unit = parse_unit(unit, "unit") if unit is not None else (source.unit or "micrometer")
-    return Geometry(
-        spacing=parse_spacing(spacing, "spacing") if spacing is not None else source.spacing,  # type: ignore[arg-type]
-        origin=tuple(origin) if origin is not None else (source.origin or (0.0, 0.0, 0.0)),  # type: ignore[arg-type]
-        unit=resolved_unit,
-        orientation=parse_orientation(orientation) if orientation is not None else source.orientation,
-        notes=source.notes,
-    )
+    given_spacing = parse_spacing(spacing, "spacing") if spacing is not None else None
+    given_orientation = parse_orientation(orientation) if orientation is not None else None
+    try:
+        return Geometry(
+            spacing=given_spacing or source.spacing,  # type: ignore[arg-type]
+            origin=tuple(origin) if origin is not None else (source.origin or (0.0, 0.0, 0.0)),  # type: ignore[arg-type]
+            unit=resolved_unit,
+            orientation=given_orientation or source.orientation,
+            notes=source.notes,
+        )
+    except InputError as error:  # a value no image has: the parameter's, if it was given, else the file's
+        given = {"spacing": spacing, "origin": origin, "unit": unit}
+        if given.get(error.subject) is not None:
+            raise
+        raise InputError(source.uri, f"{error.subject}: {error.problem}") from None
 
 
 def plan_conversion(
@@ -139,15 +151,20 @@ def plan_conversion(
     """
     src = source if isinstance(source, Source) else open_source(str(source), storage_options=source_storage_options)
     output = output_uri(output)
-    if lies_inside(output, src.uri):
-        raise InputError(output, "output lies inside the input; choose another output path")
+    check_apart(output, src.inputs())
+    check_header(src.uri, src.shape, src.dtype)  # every reader checked its own; this is for sources given as objects
     if labels and np.issubdtype(src.dtype, np.floating):
         raise InputError(src.uri, f"a label image must have an integer type, not {src.dtype}")
+    dtype = np.dtype(src.dtype)
+    if dtype == np.bool_:
+        if not labels:
+            raise InputError(src.uri, "voxels are boolean (a mask): convert it as labels (--labels), which stores it as uint8 0/1")
+        dtype = np.dtype(np.uint8)
     geometry = resolve_geometry(src, spacing, unit, orientation, origin)
     factors = level_schedule(src.shape, geometry.spacing, min_size=min_size, max_levels=max_levels)
     name = os.path.basename(str(output).rstrip("/")).split(".")[0] or "image"
     layout = pyramid_layout(
-        src.shape, src.dtype, geometry, factors, chunks=chunks, shards=shards, ngff_version=ngff_version, labels=labels, name=name
+        src.shape, dtype, geometry, factors, chunks=chunks, shards=shards, ngff_version=ngff_version, labels=labels, name=name
     )
     method = method_for(labels)
     budget = parse_bytes(memory_budget)

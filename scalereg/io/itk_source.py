@@ -20,6 +20,7 @@ import SimpleITK as sitk
 
 from scalereg.errors import InputError
 from scalereg.geometry import geometry_from_lps, parse_unit
+from scalereg.io.check_header import DEFLATE_RATIO, check_header
 from scalereg.io.source import Region, Source, check_shape
 from scalereg.storage import normalize_uri
 
@@ -42,6 +43,8 @@ _DTYPES = {
 _CORRUPT = (RuntimeError, OSError, EOFError, ValueError, zlib.error)
 # gzip data is skipped by decompressing into a buffer of this size, not all at once
 _SKIP_CHUNK = 4 << 20
+# a header line longer than this is not a header (a binary file named .nrrd)
+_HEADER_LINE = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,14 @@ class ItkSource(Source):
                     "convert it to raw or gzip encoding (or .mha) for large volumes"
                 )
         self.notes = tuple(notes)
+        # the header's claim against the bytes the file has, before anything is read
+        self._data_files, data_bytes, ratio = (
+            _nrrd_extent(self.uri, header[0], header[1]) if header is not None else _metaimage_extent(self.uri)
+        )
+        check_header(self.uri, self.shape, self.dtype, data_bytes=data_bytes, compression_ratio=ratio)
+
+    def inputs(self) -> list[tuple[str, str]]:
+        return [("input", self.uri), *(("input", path) for path in self._data_files if path != self.uri)]
 
     def _reader(self) -> sitk.ImageFileReader:
         # built per call: SimpleITK objects do not pickle
@@ -198,6 +209,52 @@ def _read_exactly(stream: gzip.GzipFile, count: int) -> bytes:
 # -- NRRD header ---------------------------------------------------------------
 
 
+def _nrrd_extent(path: str, fields: dict[str, str], header_end: int) -> tuple[tuple[str, ...], int | None, float | None]:
+    """(data files, bytes of voxel data, greatest compression ratio) of a NRRD; bytes
+    None where they cannot be told (file lists, unknown encodings)."""
+    encoding = fields.get("encoding", "raw").lower()
+    data_file = fields.get("datafile")
+    if data_file is None:
+        files, offset = (path,), header_end
+    elif data_file.startswith("LIST") or "%" in data_file or " " in data_file.strip():
+        return (path,), None, None  # several data files
+    else:
+        files, offset = (os.path.join(os.path.dirname(path), data_file),), 0
+    if not os.path.isfile(files[0]):
+        raise InputError(path, f"data file {files[0]} does not exist")
+    ratio = {"raw": 1.0, "gzip": DEFLATE_RATIO, "gz": DEFLATE_RATIO}.get(encoding)
+    if ratio is None:  # text, hex, bzip2: no simple bound
+        return files, None, None
+    return files, max(0, os.path.getsize(files[0]) - offset), ratio
+
+
+def _metaimage_extent(path: str) -> tuple[tuple[str, ...], int | None, float | None]:
+    """(data files, bytes of voxel data, greatest compression ratio) of a MetaImage
+    (.mha/.mhd) header; bytes None where they cannot be told (file lists)."""
+    fields: dict[str, str] = {}
+    with open(path, "rb") as handle:
+        while True:
+            line = handle.readline(_HEADER_LINE)
+            if not line:
+                return (path,), None, None  # no ElementDataFile: ITK will say what is wrong
+            key, _, value = line.decode("latin-1").partition("=")
+            fields[key.strip().lower()] = value.strip()
+            if key.strip().lower() == "elementdatafile":  # the last field; data may follow
+                offset = handle.tell()
+                break
+    data_file = fields["elementdatafile"]
+    ratio = DEFLATE_RATIO if fields.get("compresseddata", "false").lower() == "true" else 1.0
+    if data_file.upper() == "LOCAL":
+        return (path,), max(0, os.path.getsize(path) - offset), ratio
+    if data_file.upper().startswith("LIST") or "%" in data_file or " " in data_file:
+        return (path,), None, None
+    data_path = os.path.join(os.path.dirname(path), data_file)
+    if not os.path.isfile(data_path):
+        raise InputError(path, f"data file {data_path} does not exist")
+    skip = int(fields.get("headersize", "0") or 0) if fields.get("headersize", "0").lstrip("-").isdigit() else 0
+    return (data_path,), max(0, os.path.getsize(data_path) - max(0, skip)), ratio
+
+
 def _nrrd_header(path: str) -> tuple[dict[str, str], int]:
     """NRRD fields (keys lower case without spaces) and the offset where data starts.
 
@@ -206,10 +263,10 @@ def _nrrd_header(path: str) -> tuple[dict[str, str], int]:
     """
     fields: dict[str, str] = {}
     with open(path, "rb") as fh:
-        if not fh.readline().startswith(b"NRRD"):
+        if not fh.readline(_HEADER_LINE).startswith(b"NRRD"):
             raise InputError(path, "not a NRRD file (missing the NRRD magic line)")
         while True:
-            line = fh.readline()
+            line = fh.readline(_HEADER_LINE)
             text = line.decode("latin-1").strip()
             if not text:  # a blank line (or the end of a detached header)
                 return fields, fh.tell()

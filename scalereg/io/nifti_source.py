@@ -15,6 +15,7 @@ from nibabel.volumeutils import apply_read_scaling
 
 from scalereg.errors import InputError
 from scalereg.geometry import geometry_from_lps, parse_unit
+from scalereg.io.check_header import DEFLATE_RATIO, check_dtype, check_header
 from scalereg.io.source import Region, Source, check_shape
 from scalereg.storage import normalize_uri
 
@@ -49,11 +50,19 @@ class NiftiSource(Source):
         self._ndim_on_disk = len(img.shape)
         x, y, z = check_shape(shape, self.uri)
         self.shape = (z, y, x)
+        # the header's claim, checked against the file before anything is read or allocated
+        stored = header.get_data_dtype()
+        compressed = self.uri.lower().endswith(".gz")
+        data_bytes = os.path.getsize(self.uri) - (0 if compressed else int(img.dataobj.offset))
+        check_header(self.uri, self.shape, stored, data_bytes=max(0, data_bytes), compression_ratio=DEFLATE_RATIO if compressed else None)
         self.dtype = _scaled_dtype(img.dataobj)
+        check_dtype(self.uri, self.dtype)
         self._check_size(img)
 
-        self.unit = _unit(header, self.uri)
         notes: list[str] = []
+        self.unit = _unit(header, self.uri, notes)
+        if self.unit is None:
+            self.unit_unknown = notes[-1]
         if int(header["sform_code"]) == 0 and int(header["qform_code"]) == 0:
             # nibabel would invent an affine from pixdim; the file states no position
             # or orientation, so report them as unknown and let the user give them.
@@ -67,7 +76,7 @@ class NiftiSource(Source):
                 spacing=np.linalg.norm(affine[:3, :3], axis=0)[::-1],
                 origin_lps=_RAS_TO_LPS @ affine[:3, 3],
                 direction_lps=linear[:, ::-1],
-                unit=self.unit,
+                unit=self.unit or "millimeter",  # the numbers; an unknown unit must be given (unit_unknown)
                 subject=self.uri,
             )
             self.spacing = geometry.spacing
@@ -84,6 +93,8 @@ class NiftiSource(Source):
             raise InputError(self.uri, "no such file or directory") from None
         except _CORRUPT as error:
             raise InputError(self.uri, f"not a readable NIfTI file: {error}") from None
+        except TypeError as error:  # a voxel type numpy cannot make (RGB, structured)
+            raise InputError(self.uri, f"voxel type not supported ({error}); scalereg needs one real value per voxel") from None
 
     def _check_size(self, img: nib.Nifti1Image) -> None:
         """Fail at open, not halfway through a conversion, when a .nii is short."""
@@ -174,9 +185,17 @@ def _scaled_dtype(proxy: nib.arrayproxy.ArrayProxy) -> np.dtype:
     return apply_read_scaling(np.zeros(1, dtype=proxy.dtype), slope, inter).dtype.newbyteorder("=")
 
 
-def _unit(header: nib.Nifti1Header, subject: str) -> str:
-    """Space unit from xyzt_units; NIfTI's convention is millimetres when unset."""
-    unit, _ = header.get_xyzt_units()
+def _unit(header: nib.Nifti1Header, subject: str, notes: list[str]) -> str | None:
+    """Space unit from xyzt_units; NIfTI's convention is millimetres when unset.  None
+    (with a note saying why) for a code that is no NIfTI space unit."""
+    try:
+        unit, _ = header.get_xyzt_units()
+    except KeyError:  # a code nibabel does not know
+        unit = f"code {int(header['xyzt_units']) & 7}"
     if unit in ("unknown", None):
         return "millimeter"
-    return parse_unit(unit, subject)
+    try:
+        return parse_unit(unit, subject)
+    except InputError:
+        notes.append(f"{subject}: the header's space unit ({unit}, xyzt_units {int(header['xyzt_units'])}) is not a NIfTI space unit")
+        return None

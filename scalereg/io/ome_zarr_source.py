@@ -6,7 +6,9 @@ from typing import Any
 
 import numpy as np
 
+from scalereg.io.check_header import check_header
 from scalereg.io.source import Region, Source, check_shape
+from scalereg.omezarr.read_region import read_source_region
 from scalereg.omezarr.read_pyramid import read_pyramid
 from scalereg.storage import join, normalize_uri, open_array
 
@@ -25,6 +27,7 @@ class OmeZarrSource(Source):
         self._squeeze = tuple(layout.attributes.get("squeeze", ()))
         self.shape = check_shape(spec.shape, self.uri)
         self.dtype = np.dtype(layout.dtype)
+        check_header(self.uri, self.shape, self.dtype)
         geometry = layout.level_geometry(level)
         self.spacing = geometry.spacing
         self.origin = geometry.origin
@@ -41,10 +44,9 @@ class OmeZarrSource(Source):
     def read(self, region: Region) -> np.ndarray:
         if self._array is None:
             self._array = open_array(join(self.uri, self.level_path), storage_options=self.storage_options)
-        if not self._squeeze:
-            return np.asarray(self._array[region])
         index: list[Any] = []
         spatial = iter(region)
         for axis in range(self._array.ndim):
-            index.append(0 if axis in self._squeeze else next(spatial))
-        return np.asarray(self._array[tuple(index)])
+            index.append(slice(0, 1) if axis in self._squeeze else next(spatial))
+        data = read_source_region(self._array, index, self.uri)
+        return np.asarray(data.reshape(tuple(s.stop - s.start for s in region)) if self._squeeze else data)

@@ -33,6 +33,10 @@ class Source(ABC):
     orientation: str | None = None
     # Warnings found while opening (oblique axes dropped, ...).
     notes: tuple[str, ...] = ()
+    # Why the file's space unit cannot be trusted (a code that is no unit), when it
+    # cannot: the user must then give the unit (None: ``unit`` is what the file says,
+    # or the file has no unit at all).
+    unit_unknown: str | None = None
     # A region shape that reads efficiently (e.g. (1, Y, X) for 2D slices, the
     # chunk shape for Zarr); None if any region is as good as another.
     preferred_block: tuple[int, int, int] | None = None
@@ -52,6 +56,11 @@ class Source(ABC):
     def identity(self) -> dict:
         """What, besides the uri, shape and dtype, decides the voxels (for fingerprints)."""
         return {}
+
+    def inputs(self) -> list[tuple[str, str]]:
+        """Every path or URI this source reads, with its role (what `scalereg.output_rules`
+        keeps outputs apart from): the volume itself, and any file it refers to."""
+        return [("input", self.uri)]
 
     def prepare(self, output: str, storage_options: dict | None = None) -> None:
         """Called once before any block is written to ``output`` (new or resumed run)."""

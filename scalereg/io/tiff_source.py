@@ -13,6 +13,7 @@ import numpy as np
 import tifffile
 
 from scalereg.errors import InputError
+from scalereg.io.check_header import DEFLATE_RATIO, check_header
 from scalereg.io.source import Region, Source, check_shape
 from scalereg.storage import normalize_uri
 
@@ -72,6 +73,7 @@ class TiffSource(Source):
                     self.notes = (f"{self.uri}: TIFF axis {depth_axis!r} is read as z",)
                 self.shape = check_shape(shape, self.uri)
                 self.dtype = np.dtype(series.dtype).newbyteorder("=")
+                check_header(self.uri, self.shape, self.dtype)  # before a page of it is listed
                 if series.dataoffset is not None:
                     self._contiguous = (int(series.dataoffset), np.dtype(series.dtype).newbyteorder(tif.byteorder).str)
                     needed = series.dataoffset + int(np.prod(self.shape)) * self.dtype.itemsize
@@ -85,6 +87,7 @@ class TiffSource(Source):
                             "unsupported TIFF layout: expected one page per z slice in this file "
                             "(multi-file OME-TIFF and 3D tiles are not supported)",
                         )
+                    _check_page_bytes(self.uri, self.shape, self.dtype, pages)
                     self._pages = tuple(int(p.index) for p in pages)
                     self._files = (self.uri,) * len(pages)
         except InputError:
@@ -110,6 +113,10 @@ class TiffSource(Source):
         self.dtype = first[1]
         self._files = tuple(files)
         self._pages = (0,) * len(files)
+
+    def inputs(self) -> list[tuple[str, str]]:
+        # a directory or a pattern stands for its slice files (a pattern's directory may hold anything else)
+        return [("input", path) for path in dict.fromkeys(self._files or (self.uri,))]
 
     # -- reading -------------------------------------------------------------
 
@@ -180,11 +187,27 @@ def _slice_header(path: str) -> tuple[tuple[int, ...], np.dtype]:
             page = tif.pages.first
             if page.samplesperpixel != 1 or len(page.shape) != 2:
                 raise InputError(path, f"slice has shape {page.shape}: RGB or multi-channel images are not supported")
-            return tuple(int(s) for s in page.shape), np.dtype(page.dtype).newbyteorder("=")
+            plane, dtype = tuple(int(s) for s in page.shape), np.dtype(page.dtype).newbyteorder("=")
+            _check_page_bytes(path, (1, *plane), dtype, [page])
+            return plane, dtype
     except InputError:
         raise
     except _CORRUPT as error:
         raise InputError(path, f"not a readable TIFF file: {error}") from None
+
+
+# TIFF compression code -> the greatest ratio it can reach (None: no simple bound, not checked)
+_TIFF_RATIOS = {1: 1.0, 8: DEFLATE_RATIO, 32946: DEFLATE_RATIO, 5: 2731.0, 32773: 64.0}
+
+
+def _check_page_bytes(subject: str, shape: tuple[int, ...], dtype: np.dtype, pages: list[Any]) -> None:
+    """The pages' stored bytes against what their shape needs (`check_header`)."""
+    check_header(subject, shape, dtype)
+    ratio = _TIFF_RATIOS.get(int(getattr(pages[0], "compression", 0) or 0)) if pages else None
+    if ratio is None:
+        return
+    stored = sum(int(sum(page.databytecounts)) for page in pages)
+    check_header(subject, shape, dtype, data_bytes=stored, compression_ratio=ratio)
 
 
 def _stack_shape(shape: tuple[int, ...], axes: str, subject: str) -> tuple[str, tuple[int, ...]]:

@@ -8,7 +8,9 @@ import numpy as np
 import zarr
 
 from scalereg.errors import InputError
+from scalereg.io.check_header import check_header
 from scalereg.io.source import Region, Source, check_shape
+from scalereg.omezarr.read_region import read_source_region
 from scalereg.storage import normalize_uri, open_array
 
 
@@ -27,8 +29,7 @@ class ZarrArraySource(Source):
         array = self._open()
         self.shape = check_shape(array.shape, self.uri)
         self.dtype = np.dtype(array.dtype)
-        if self.dtype.kind not in "biuf":
-            raise InputError(self.uri, f"array dtype {self.dtype} is not numeric")
+        check_header(self.uri, self.shape, self.dtype)  # missing chunks are background: no byte count to check
         self.preferred_block = tuple(int(c) for c in array.chunks)  # type: ignore[assignment]
         self._array: zarr.Array | None = array
 
@@ -37,13 +38,13 @@ class ZarrArraySource(Source):
             return open_array(self.uri, mode="r", storage_options=self.storage_options)
         except FileNotFoundError:
             raise InputError(self.uri, "no such file or directory") from None
-        except (zarr.errors.BaseZarrError, ValueError, KeyError, OSError) as error:
+        except (zarr.errors.BaseZarrError, ValueError, KeyError, TypeError, OSError) as error:
             raise InputError(self.uri, f"not a readable Zarr array: {error}") from None
 
     def read(self, region: Region) -> np.ndarray:
         if self._array is None:
             self._array = self._open()
-        return np.asarray(self._array[tuple(region)], dtype=self.dtype)
+        return np.asarray(read_source_region(self._array, region, self.uri), dtype=self.dtype)
 
     def close(self) -> None:
         self._array = None

@@ -28,7 +28,17 @@ def create_pyramid_store(
     level has been written, so a crashed run never looks finished.
     """
     zarr_format = 2 if layout.ngff_version == "0.4" else 3
-    group = open_group(uri, mode="w", storage_options=storage_options, zarr_format=zarr_format)
+    status = {
+        "version": __version__,
+        "status": "incomplete",
+        "kind": "labels" if layout.labels else "intensity",
+        "orientation": layout.geometry.orientation,
+        "levels_complete": [],
+        **({"provenance": provenance} if provenance else {}),
+    }
+    # the status comes with the group's first metadata: an output interrupted at any
+    # point is recognisably scalereg's (and incomplete), so that --overwrite may replace it
+    group = open_group(uri, mode="w", storage_options=storage_options, zarr_format=zarr_format, attributes={STATUS_KEY: status})
     dtype = np.dtype(layout.dtype)
     for level in layout.levels:
         kwargs: dict[str, Any] = dict(
@@ -47,16 +57,7 @@ def create_pyramid_store(
             if level.shards is not None:
                 kwargs["shards"] = level.shards
         group.create_array(**kwargs)
-    attributes = multiscales_metadata(layout)
-    attributes[STATUS_KEY] = {
-        "version": __version__,
-        "status": "incomplete",
-        "kind": "labels" if layout.labels else "intensity",
-        "orientation": layout.geometry.orientation,
-        "levels_complete": [],
-        **({"provenance": provenance} if provenance else {}),
-    }
-    group.attrs.update(attributes)
+    group.attrs.update({**multiscales_metadata(layout), STATUS_KEY: status})
 
 
 def mark_level_complete(uri: str, level: int, storage_options: dict[str, Any] | None = None, record: dict | None = None) -> None:

@@ -29,6 +29,7 @@ import zarr
 from zarr.core.sync import sync
 
 from scalereg.blocks import Block, aligned_blocks, block_slices, iter_chunk_blocks
+from scalereg.omezarr.read_region import UnreadableChunk, read_region
 
 ALGORITHM = "sha256 over the xxh3-128 of each chunk's decoded voxels (C order), chunks in index order"
 # what scalereg 0.1.0 wrote before; still checked when a manifest names it
@@ -107,28 +108,6 @@ def level_checksum(digests: dict[str, str], shape: Sequence[int], chunks: Sequen
     return "sha256:" + total.hexdigest()
 
 
-class UnreadableChunk(ValueError):
-    """A stored chunk that cannot be decoded: corrupted or truncated since it was written."""
-
-    def __init__(self, index: Sequence[int], error: BaseException) -> None:
-        self.index = tuple(index)
-        super().__init__(f"chunk {'.'.join(map(str, index))} cannot be decoded ({type(error).__name__}: {error})")
-
-
-def _read(array: Any, block: Block) -> np.ndarray:
-    """``array``'s region ``block``; a chunk that cannot be decoded raises UnreadableChunk
-    naming it (errors of the store itself, e.g. an unreachable bucket, pass unchanged)."""
-    try:
-        return array[block_slices(block)]
-    except (RuntimeError, ValueError, TypeError) as error:  # what codecs raise for bytes they cannot decode
-        for chunk in iter_chunk_blocks(block, array.chunks):
-            try:
-                array[block_slices(chunk)]
-            except (RuntimeError, ValueError, TypeError) as found:
-                raise UnreadableChunk([a // c for (a, _), c in zip(chunk, array.chunks)], found) from None
-        raise error
-
-
 def level_data_problem(array: Any, entry: dict[str, Any], algorithm: str | None) -> str | None:
     """What is wrong with a stored level against its manifest ``entry`` (shape and
     checksum), in words, or None when it matches."""
@@ -152,7 +131,7 @@ def compute_level_checksum(array: Any, read_bytes: int = 64 * 2**20, algorithm: 
     along_last = max(1, min(math.ceil(array.shape[-1] / chunks[-1]), read_bytes // per_chunk))
     digests: dict[str, str] = {}
     for block in aligned_blocks(array.shape, (*chunks[:-1], chunks[-1] * along_last)):
-        digests.update(chunk_digests(chunks, block, _read(array, block), algorithm))  # type: ignore[arg-type]
+        digests.update(chunk_digests(chunks, block, read_region(array, block_slices(block)), algorithm))  # type: ignore[arg-type]
     checksum = level_checksum(digests, array.shape, chunks)
     assert checksum is not None  # every chunk was hashed
     return checksum

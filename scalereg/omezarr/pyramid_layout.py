@@ -13,6 +13,9 @@ from scalereg.geometry import Geometry
 
 NgffVersion = Literal["0.4", "0.5"]
 AXES = ("z", "y", "x")
+# A chunk is compressed as one buffer (blosc takes at most 2 GiB); a shard is written whole.
+MAX_CHUNK_VOXELS = 2**30
+MAX_SHARD_VOXELS = 2**36
 
 
 @dataclass(frozen=True)
@@ -86,11 +89,15 @@ def pyramid_layout(
     chunk_request = (int(chunks),) * 3 if np.isscalar(chunks) else tuple(int(c) for c in chunks)  # type: ignore[arg-type]
     if len(chunk_request) != 3 or any(c < 1 for c in chunk_request):
         raise InputError("chunks", f"chunk size {chunks!r} must be one or three positive integers")
+    if math.prod(chunk_request) > MAX_CHUNK_VOXELS:
+        raise InputError("chunks", f"chunks of {' x '.join(map(str, chunk_request))} voxels are too large (at most {MAX_CHUNK_VOXELS} voxels, e.g. 1024^3; 128 is usual)")
     shard_request = None
     if shards is not None:
         if ngff_version != "0.5":
             raise InputError("shards", "sharding needs NGFF 0.5 (zarr v3); use --ngff-version 0.5")
         shard_request = (int(shards),) * 3 if np.isscalar(shards) else tuple(int(s) for s in shards)  # type: ignore[arg-type]
+        if len(shard_request) != 3 or math.prod(shard_request) > MAX_SHARD_VOXELS:
+            raise InputError("shards", f"shards of {' x '.join(map(str, shard_request))} voxels are not one or three edges of at most {MAX_SHARD_VOXELS} voxels in all")
         if any(s % c for s, c in zip(shard_request, chunk_request)):
             raise InputError("shards", f"shard shape {shard_request} must be a multiple of the chunk shape {chunk_request}")
     levels = []

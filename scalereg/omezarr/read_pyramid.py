@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Any
 
 import numpy as np
+import zarr
 from ome_zarr_models.v04.image import ImageAttrs as ImageAttrsV04
 from ome_zarr_models.v05.image import ImageAttrs as ImageAttrsV05
 from pydantic import ValidationError
 
 from scalereg.errors import InputError
-from scalereg.geometry import Geometry, parse_unit
+from scalereg.geometry import Geometry, named, parse_unit
 from scalereg.omezarr.create_pyramid_store import STATUS_KEY
 from scalereg.omezarr.pyramid_layout import Level, PyramidLayout
 from scalereg.orientation import orientation_from_rfc4
@@ -31,7 +33,9 @@ def read_pyramid(uri: str, storage_options: dict[str, Any] | None = None) -> Pyr
             group = open_group(uri, mode="r", storage_options=storage_options)
     except InputError:
         raise
-    except (FileNotFoundError, ValueError, KeyError) as error:
+    except FileNotFoundError:
+        raise InputError(uri, "no such file or directory") from None
+    except (ValueError, KeyError, TypeError, zarr.errors.BaseZarrError) as error:  # TypeError: attributes that are not an object
         raise InputError(uri, f"not a Zarr group ({type(error).__name__}: {error})") from None
     attrs = dict(group.attrs)
     try:
@@ -55,18 +59,25 @@ def read_pyramid(uri: str, storage_options: dict[str, Any] | None = None) -> Pyr
     if len(units) != 1:
         raise InputError(uri, f"space axes have different units {sorted(map(str, units))}")
     unit = units.pop()
-    global_scale, global_translation = _transform(multiscale.coordinateTransformations, len(axes))
+    global_scale, global_translation = _transform(multiscale.coordinateTransformations, len(axes), uri)
 
     levels = []
     squeeze = [i for i in range(len(axes)) if i not in space]
     for dataset in multiscale.datasets:
-        scale, translation = _transform(dataset.coordinateTransformations, len(axes))
+        scale, translation = _transform(dataset.coordinateTransformations, len(axes), uri)
         scale = scale * global_scale
         translation = translation * global_scale + global_translation
+        parts = str(dataset.path).split("/")
+        if not dataset.path or any(part in ("", ".", "..") for part in parts):
+            raise InputError(uri, f"level path {dataset.path!r} is not a name inside the image")
         try:
             array = group[dataset.path]
         except KeyError:
             raise InputError(uri, f"level {dataset.path!r} is listed in the metadata but missing") from None
+        except (ValueError, TypeError, zarr.errors.BaseZarrError) as error:
+            raise InputError(uri, f"level {dataset.path!r} is unreadable ({type(error).__name__}: {error})") from None
+        if not isinstance(array, zarr.Array):
+            raise InputError(uri, f"level {dataset.path!r} is a group, not an array")
         if len(array.shape) != len(axes):
             raise InputError(uri, f"level {dataset.path!r} has {len(array.shape)} dimensions but {len(axes)} axes")
         if any(array.shape[i] != 1 for i in squeeze):
@@ -84,13 +95,17 @@ def read_pyramid(uri: str, storage_options: dict[str, Any] | None = None) -> Pyr
             )
         )
     orientation = orientation_from_rfc4([axes[i].get("orientation") for i in space], subject=uri)
-    geometry = Geometry(
+    for level in levels[1:]:  # level 0's are checked with the geometry
+        if not all(math.isfinite(v) and v > 0 for v in level.scale) or not all(math.isfinite(v) for v in level.translation):
+            raise InputError(uri, f"level {level.path!r}: scale {level.scale} and translation {level.translation} must be finite, the scale positive")
+    geometry = named(uri, lambda: Geometry(
         spacing=levels[0].scale,
         origin=levels[0].translation,
         unit=parse_unit(unit, uri) if unit else "micrometer",
         orientation=orientation,
-    )
-    status = attrs.get(STATUS_KEY, {})
+    ))  # fmt: skip
+    status = attrs.get(STATUS_KEY)
+    status = status if isinstance(status, dict) else {}  # not scalereg's (or not an object): no promises to check
     return PyramidLayout(
         dtype=str(group[multiscale.datasets[0].path].dtype),
         geometry=geometry,
@@ -102,15 +117,21 @@ def read_pyramid(uri: str, storage_options: dict[str, Any] | None = None) -> Pyr
     )
 
 
-def _transform(transforms: Any, ndim: int) -> tuple[np.ndarray, np.ndarray]:
+def _transform(transforms: Any, ndim: int, uri: str) -> tuple[np.ndarray, np.ndarray]:
     scale = np.ones(ndim)
     translation = np.zeros(ndim)
     for transform in transforms or ():
         data = transform.model_dump() if hasattr(transform, "model_dump") else dict(transform)
-        if data.get("type") == "scale":
-            scale = np.asarray(data["scale"], dtype=float)
-        elif data.get("type") == "translation":
-            translation = np.asarray(data["translation"], dtype=float)
+        for kind in ("scale", "translation"):
+            if data.get("type") != kind:
+                continue
+            try:
+                values = np.asarray(data[kind], dtype=float)
+            except (KeyError, TypeError, ValueError):
+                raise InputError(uri, f"a {kind} transformation without {ndim} numbers: {data.get(kind)!r}") from None
+            if values.shape != (ndim,):
+                raise InputError(uri, f"a {kind} of {values.size} values for {ndim} axes: {values.tolist()}")
+            scale, translation = (values, translation) if kind == "scale" else (scale, values)
     return scale, translation
 
 

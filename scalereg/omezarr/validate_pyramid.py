@@ -6,7 +6,6 @@ import math
 from typing import Any
 
 import ome_zarr_models
-from pydantic import ValidationError
 
 from scalereg.errors import InputError
 from scalereg.omezarr.pyramid_layout import level_translation
@@ -26,8 +25,10 @@ def validate_pyramid(uri: str, storage_options: dict[str, Any] | None = None, ch
     problems: list[str] = []
     try:
         ome_zarr_models.open_ome_zarr(open_group(uri, mode="r", storage_options=storage_options))
-    except (ValidationError, ValueError, TypeError, KeyError) as error:
-        problems.append(f"ome-zarr-models: {str(error).splitlines()[0]}")
+    except InputError:
+        raise
+    except Exception as error:  # noqa: BLE001 - whatever the validator says of this input is a finding
+        problems.append(f"ome-zarr-models: {(str(error).splitlines() or [type(error).__name__])[0]}")
     try:
         layout = read_pyramid(uri, storage_options)
     except InputError as error:
@@ -51,14 +52,14 @@ def validate_pyramid(uri: str, storage_options: dict[str, Any] | None = None, ch
     status = layout.attributes.get("status") or {}
     if status and status.get("status") != "complete":
         problems.append("marked incomplete: the run that wrote it did not finish (re-run it to resume)")
-    manifest = status.get("manifest") or {}
+    manifest = status.get("manifest") if isinstance(status.get("manifest"), dict) else {}
     algorithm = manifest.get("checksum_algorithm")
     if checksums and not known_algorithm(algorithm):
         problems.append(f"the manifest's checksums use an algorithm this scalereg does not know ({algorithm!r}): not checked")
     elif checksums:
-        for entry in manifest.get("levels", []):
-            if not entry.get("checksum"):
-                continue
+        for entry in manifest.get("levels", []) if isinstance(manifest.get("levels"), list) else []:
+            if not isinstance(entry, dict) or not entry.get("checksum") or entry.get("path") not in {level.path for level in layout.levels}:
+                continue  # only the image's own levels: a manifest names nothing else to read
             array = open_array(join(uri, entry["path"]), storage_options=storage_options)
             problem = level_data_problem(array, entry, algorithm)
             if problem:

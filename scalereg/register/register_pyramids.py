@@ -52,7 +52,8 @@ from scalereg.register.qc import foreground, jacobian_stats, qc_picture, similar
 from scalereg.register.run_ants_step import run_ants_step
 from scalereg.register.schedule import RegistrationSchedule, load_schedule
 from scalereg.local_cache import local_copy, scratch_dir
-from scalereg.storage import exists, filesystem, is_remote, join, lies_inside, normalize_uri, open_array, output_uri, read_bytes, redact_uri, write_bytes
+from scalereg.output_rules import check_apart, existing_output
+from scalereg.storage import exists, filesystem, is_remote, join, normalize_uri, open_array, output_uri, read_bytes, redact_uri, write_bytes
 from scalereg.storage_errors import storage_errors
 from scalereg.transforms.grid import lps_bounds_um
 from scalereg.transforms.transform_checksums import ALGORITHMS as CHECKSUM_ALGORITHMS
@@ -124,9 +125,7 @@ class RegistrationRun:
     ) -> None:
         self.fixed, self.moving, self.root = normalize_uri(fixed), normalize_uri(moving), output_uri(out)
         self.storage_options = storage_options
-        for role, uri in (("fixed", self.fixed), ("moving", self.moving), ("fixed mask", fixed_mask), ("moving mask", moving_mask)):
-            if uri and lies_inside(self.root, uri):
-                raise InputError(self.root, f"output lies inside the {role} input {uri}; choose another output path")
+        check_apart(self.root, registration_inputs(self.fixed, self.moving, schedule, fixed_mask, moving_mask))
         self.layouts = {"fixed": read_pyramid(self.fixed, storage_options), "moving": read_pyramid(self.moving, storage_options)}
         for name, layout in self.layouts.items():
             status = (layout.attributes.get("status") or {}).get("status")
@@ -483,10 +482,17 @@ def _inputs_key(fixed: str, moving: str, layouts: dict[str, PyramidLayout], plan
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def registration_inputs(fixed: str, moving: str, schedule: Any = None, fixed_mask: str | None = None, moving_mask: str | None = None) -> list[tuple[str, Any]]:
+    """What a registration reads, with roles (what its transform directory is kept apart from)."""
+    schedule_file = schedule if isinstance(schedule, (str, os.PathLike)) and str(schedule) not in ("mouse", "human") else None
+    return [("fixed input", fixed), ("moving input", moving), ("fixed mask", fixed_mask), ("moving mask", moving_mask), ("schedule", schedule_file)]
+
+
 def _prepare_directory(root: str, inputs_key: str, overwrite: bool, storage_options: dict[str, Any] | None) -> None:
-    """Resume a directory written for the same inputs; refuse anything else unless ``overwrite``."""
-    fs, path = filesystem(root, storage_options)
-    if fs.exists(path) and fs.ls(path):
+    """Resume a directory written for the same inputs; replace one scalereg wrote for
+    other inputs only with ``overwrite``; refuse anything else (`existing_output`)."""
+    if existing_output(root, "transform", storage_options) == "transform":
+        fs, path = filesystem(root, storage_options)
         marker = f"{path}/inputs_key"
         ours = fs.exists(marker) and fs.cat_file(marker).decode().strip() == inputs_key
         if overwrite:

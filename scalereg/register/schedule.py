@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -23,19 +23,20 @@ Metric = Literal["mi", "cc", "mattes", "meansquares"]
 
 
 class RegistrationStep(BaseModel):
-    """One step of a coarse-to-fine registration."""
+    """One step of a coarse-to-fine registration (bounds: what any registration can use;
+    a value past them is a typo or a hostile file, not a setting)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    spacing: float = Field(gt=0, description="target voxel spacing in micrometers; the closest pyramid level is used")
+    spacing: float = Field(gt=0, le=1e6, description="target voxel spacing in micrometers; the closest pyramid level is used")
     transform: Transform = Field(description="transform estimated at this step")
     metric: Metric = Field("mi", description="similarity metric: mi (Mattes mutual information) or cc (neighbourhood correlation)")
-    metric_radius: int = Field(4, ge=1, description="cc: neighbourhood radius in voxels; mi: unused")
-    bins: int = Field(32, ge=8, description="mi: histogram bins")
+    metric_radius: int = Field(4, ge=1, le=64, description="cc: neighbourhood radius in voxels; mi: unused")
+    bins: int = Field(32, ge=8, le=1024, description="mi: histogram bins")
     sampling: float = Field(0.25, gt=0, le=1, description="fraction of voxels sampled by the metric (linear steps)")
-    iterations: list[int] = Field(description="iterations per internal resolution, coarse to fine")
-    shrink_factors: list[int] = Field(description="internal shrink factor per resolution (of this step's level)")
-    smoothing_sigmas: list[float] = Field(description="Gaussian sigma per resolution, in voxels of this step's level")
+    iterations: list[Annotated[int, Field(ge=0, le=100_000)]] = Field(min_length=1, max_length=10, description="iterations per internal resolution, coarse to fine")
+    shrink_factors: list[Annotated[int, Field(le=1024)]] = Field(min_length=1, max_length=10, description="internal shrink factor per resolution (of this step's level)")
+    smoothing_sigmas: list[Annotated[float, Field(ge=0, le=1000)]] = Field(min_length=1, max_length=10, description="Gaussian sigma per resolution, in voxels of this step's level")
     gradient_step: float = Field(0.1, gt=0, description="optimizer step (rigid/affine: fraction; syn: gradient step)")
     flow_sigma: float = Field(3.0, ge=0, description="syn: update field smoothing (voxels)")
     total_sigma: float = Field(0.0, ge=0, description="syn: total field smoothing (voxels)")
@@ -59,10 +60,10 @@ class RegistrationStep(BaseModel):
 class RegistrationSchedule(BaseModel):
     """Steps from coarse to fine."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    name: str = "custom"
-    steps: list[RegistrationStep] = Field(min_length=1)
+    name: str = Field("custom", max_length=200)
+    steps: list[RegistrationStep] = Field(min_length=1, max_length=32)
 
     @model_validator(mode="after")
     def _coarse_to_fine(self) -> "RegistrationSchedule":
@@ -133,6 +134,26 @@ def default_schedule(kind: str = "mouse") -> RegistrationSchedule:
     return RegistrationSchedule(name=kind, steps=steps)
 
 
+MAX_SCHEDULE_BYTES = 1 << 20
+MAX_SCHEDULE_VALUES = 10_000
+
+
+def _check_size(data: object, subject: str) -> None:
+    """Refuse a document of more values than any schedule has: YAML aliases can make a
+    small file stand for billions of them (a 'billion laughs'), which validating would
+    walk one by one."""
+    count, pending = 0, [data]
+    while pending:
+        item = pending.pop()
+        count += 1
+        if count > MAX_SCHEDULE_VALUES:
+            raise InputError(subject, f"holds more than {MAX_SCHEDULE_VALUES} values: not a schedule")
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+
+
 def load_schedule(source: str | Path | dict | RegistrationSchedule | None, default: str = "mouse") -> RegistrationSchedule:
     """A schedule from a built-in name, a YAML/JSON file, a dict, or an existing schedule."""
     if source is None:
@@ -147,11 +168,16 @@ def load_schedule(source: str | Path | dict | RegistrationSchedule | None, defau
         subject = str(path)
         if not path.exists():
             raise InputError(subject, "no such schedule file (or use 'mouse' / 'human')")
+        if path.is_dir():
+            raise InputError(subject, "is a directory, not a schedule file")
         try:
+            if path.stat().st_size > MAX_SCHEDULE_BYTES:
+                raise InputError(subject, f"is {path.stat().st_size} bytes: not a schedule (at most {MAX_SCHEDULE_BYTES})")
             text = path.read_text()
             data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
         except (OSError, ValueError, yaml.YAMLError) as error:
-            raise InputError(subject, f"cannot read schedule: {error}") from None
+            raise InputError(subject, f"cannot read schedule: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+        _check_size(data, subject)
     else:
         data = source
     try:

@@ -18,6 +18,7 @@ from scalereg.errors import InputError
 from scalereg.geometry import Geometry, geometry_from_lps, parse_unit
 from scalereg.omezarr.write_vector_field import FIELD_KEY
 from scalereg.orientation import orientation_from_rfc4
+from scalereg.omezarr.read_region import read_source_region
 from scalereg.storage import join, open_array, open_group
 from scalereg.transforms.affine_transform import AffineTransform
 from scalereg.transforms.grid import GridMap
@@ -56,8 +57,9 @@ class DisplacementField:
             return low, high
         start = np.clip(np.floor(lowest).astype(int), 0, shape - 1)
         stop = np.clip(np.floor(highest).astype(int) + 2, 1, shape)
-        region = (slice(None),) + tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
-        values = np.asarray(open_array(join(self.uri, self.path), storage_options=self.storage_options)[region], dtype=np.float32)
+        array = open_array(join(self.uri, self.path), storage_options=self.storage_options)
+        region = (slice(0, array.shape[0]),) + tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
+        values = np.asarray(read_source_region(array, region, self.uri), dtype=np.float32)
         if not np.all(np.isfinite(values)):
             raise InputError(self.uri, "displacement field contains NaN/Inf values")
         self._loaded = (start, values)

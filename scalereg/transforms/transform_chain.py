@@ -28,7 +28,9 @@ from scalereg.errors import InputError
 from scalereg.local_cache import local_copy
 from scalereg.storage import exists, is_remote, join, normalize_uri, read_bytes, write_marker
 from scalereg.storage_errors import storage_errors
+from scalereg.omezarr.level_checksums import known_algorithm
 from scalereg.transforms.affine_transform import AffineTransform, read_ants_affine
+from scalereg.transforms.transform_checksums import field_problems, file_problem
 from scalereg.transforms.displacement_field import (
     NIFTI_SUFFIXES,
     DisplacementField,
@@ -166,27 +168,67 @@ def is_transform_directory(transforms: str | Sequence[str], storage_options: dic
 
 
 def _from_directory(directory: str, inverse: bool, storage_options: dict[str, Any] | None) -> TransformChain:
+    """The forward or inverse chain of a transform directory, every file of it checked
+    against the manifest's checksums first (a file changed since the registration is
+    refused, naming it)."""
     manifest_path = join(directory, MANIFEST)
     try:
         manifest = json.loads(read_bytes(manifest_path, storage_options))
     except FileNotFoundError:
         raise InputError(directory, "not a complete transform directory (no manifest.json: the registration did not finish)") from None
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise InputError(manifest_path, f"unreadable manifest ({error})") from None
-    chains = (manifest.get("outputs") or {}).get("chains")
-    if manifest.get("kind") != "scalereg-transform" or not chains:
+    outputs = manifest.get("outputs") if isinstance(manifest, dict) else None
+    chains = outputs.get("chains") if isinstance(outputs, dict) else None
+    if not isinstance(manifest, dict) or manifest.get("kind") != "scalereg-transform" or not isinstance(chains, dict):
         raise InputError(directory, "manifest.json is not a scalereg transform manifest (no 'outputs.chains')")
+    direction = "inverse" if inverse else "forward"
+    entries = chains.get(direction)
+    if not isinstance(entries, list):
+        raise InputError(manifest_path, f"outputs.chains.{direction} is not a list of transforms")
+    for position, entry in enumerate(entries):
+        if not isinstance(entry, dict) or entry.get("kind") not in ("affine", "field") or not isinstance(entry.get("path"), str):
+            raise InputError(manifest_path, f"outputs.chains.{direction}[{position}] is not a transform ({{'kind': 'affine' or 'field', 'path': ...}}): {str(entry)[:120]}")
+    _verify_checksums(directory, manifest, entries, storage_options)
     components: list[Component] = []
-    for entry in chains["inverse" if inverse else "forward"]:
+    for entry in entries:
         path = join(directory, entry["path"])
         if entry["kind"] == "affine":
-            components.append(read_ants_affine(local_copy(path, storage_options), entry.get("invert", False)))
+            components.append(read_ants_affine(local_copy(path, storage_options), bool(entry.get("invert", False))))
         else:
             if not exists(join(path, "zarr.json"), storage_options) and not exists(join(path, ".zattrs"), storage_options):
                 raise InputError(path, "displacement field listed in the manifest is missing")
             components.append(read_vector_field(path, storage_options))
     description = [{"directory": directory, "inputs_key": manifest.get("inputs_key"), "inverse": inverse}]
     return TransformChain(components, description, manifest)
+
+
+def _verify_checksums(directory: str, manifest: dict[str, Any], entries: list[dict[str, Any]], storage_options: dict[str, Any] | None) -> None:
+    """Refuse a chain whose files differ from the checksums the manifest recorded (a
+    manifest of a scalereg that recorded none is taken as it is)."""
+    recorded = manifest.get("checksums")
+    if not recorded:
+        return
+    if not isinstance(recorded, dict):
+        raise InputError(join(directory, MANIFEST), "'checksums' is not an object")
+    files = recorded.get("files") if isinstance(recorded.get("files"), dict) else {}
+    fields = recorded.get("fields") if isinstance(recorded.get("fields"), dict) else {}
+    algorithm = (recorded.get("algorithm") or {}).get("fields") if isinstance(recorded.get("algorithm"), dict) else None
+    for entry in entries:
+        relative = entry["path"]
+        if entry["kind"] == "affine":
+            if relative not in files:
+                raise InputError(join(directory, relative), "has no checksum in the manifest (it lists every file it uses): not used")
+            problem = file_problem(directory, relative, files[relative], storage_options)
+            problems = [problem] if problem else []
+        else:
+            if relative not in fields:
+                raise InputError(join(directory, relative), "has no checksum in the manifest (it lists every field it uses): not used")
+            if not known_algorithm(algorithm):
+                raise InputError(join(directory, MANIFEST), f"field checksums use an algorithm this scalereg does not know ({algorithm!r})")
+            problems = field_problems(directory, relative, fields[relative], algorithm, storage_options)
+        if problems:
+            raise InputError(directory, f"{problems[0]}; the transform directory cannot be trusted (scalereg validate lists every problem)")
 
 
 def _parse_item(item: str) -> tuple[str, bool]:

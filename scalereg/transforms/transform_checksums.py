@@ -57,29 +57,56 @@ def validate_transform_directory(uri: str, storage_options: dict[str, Any] | Non
     recorded = manifest.get("checksums")
     if not recorded:
         return [f"{MANIFEST} records no checksums (written by scalereg {manifest.get('scalereg_version', '?')}): nothing to verify"]
-    problems = []
-    for relative, checksum in sorted((recorded.get("files") or {}).items()):
-        try:
-            found = file_checksum(join(uri, relative), storage_options)
-        except FileNotFoundError:
-            problems.append(f"{relative}: missing (listed in the manifest)")
-            continue
-        if found != checksum:
-            problems.append(f"{relative}: contents differ from the checksum in the manifest (changed or corrupted since it was written)")
-    algorithm = (recorded.get("algorithm") or {}).get("fields")
-    fields = recorded.get("fields") or {}
+    if not isinstance(recorded, dict):
+        return [f"{MANIFEST}: 'checksums' is not an object"]
+    files = recorded.get("files") if isinstance(recorded.get("files"), dict) else {}
+    fields = recorded.get("fields") if isinstance(recorded.get("fields"), dict) else {}
+    problems = [p for relative in sorted(files) for p in [file_problem(uri, relative, files[relative], storage_options)] if p]
+    algorithm = (recorded.get("algorithm") or {}).get("fields") if isinstance(recorded.get("algorithm"), dict) else None
     if fields and not known_algorithm(algorithm):
-        problems.append(f"the manifest's field checksums use an algorithm this scalereg does not know ({algorithm!r}): not checked")
-        fields = {}
-    for name, levels in sorted(fields.items()):
-        for level in levels:
-            where = f"{name} level {level['path']}"
-            try:
-                array = open_array(join(uri, name, level["path"]), storage_options=storage_options)
-            except Exception as error:  # noqa: BLE001 - zarr says "not found" with its own classes
-                problems.append(f"{where}: missing or unreadable ({type(error).__name__}; listed in the manifest)")
-                continue
-            problem = level_data_problem(array, level, algorithm)
-            if problem:
-                problems.append(f"{where}: {problem}")
+        return problems + [f"the manifest's field checksums use an algorithm this scalereg does not know ({algorithm!r}): not checked"]
+    for name in sorted(fields):
+        problems += field_problems(uri, name, fields[name], algorithm, storage_options)
     return problems
+
+
+def file_problem(uri: str, relative: str, checksum: Any, storage_options: dict[str, Any] | None = None) -> str | None:
+    """What is wrong with the file ``relative`` of the directory ``uri`` against its
+    recorded ``checksum``, in words; None when it matches."""
+    if not _inside(relative):
+        return f"{relative!r}: not a path inside the directory (the manifest may only name its own files)"
+    try:
+        found = file_checksum(join(uri, relative), storage_options)
+    except (FileNotFoundError, IsADirectoryError):
+        return f"{relative}: missing (listed in the manifest)"
+    if found != checksum:
+        return f"{relative}: contents differ from the checksum in the manifest (changed or corrupted since it was written)"
+    return None
+
+
+def field_problems(uri: str, name: str, levels: Any, algorithm: str | None, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """What is wrong with the OME-Zarr field ``name`` of the directory ``uri`` against
+    its recorded ``levels`` (each {path, shape, checksum}), in words."""
+    if not _inside(name) or not isinstance(levels, list):
+        return [f"{name!r}: not a field of the directory recorded as the manifest records fields"]
+    problems = []
+    for level in levels:
+        if not isinstance(level, dict) or not _inside(str(level.get("path", ""))) or "shape" not in level or "checksum" not in level:
+            problems.append(f"{name}: a level record of the manifest is malformed ({str(level)[:80]})")
+            continue
+        where = f"{name} level {level['path']}"
+        try:
+            array = open_array(join(uri, name, level["path"]), storage_options=storage_options)
+        except Exception as error:  # noqa: BLE001 - zarr says "not found" with its own classes
+            problems.append(f"{where}: missing or unreadable ({type(error).__name__}; listed in the manifest)")
+            continue
+        problem = level_data_problem(array, level, algorithm)
+        if problem:
+            problems.append(f"{where}: {problem}")
+    return problems
+
+
+def _inside(relative: str) -> bool:
+    """Whether ``relative`` names something inside a directory (no '..', not absolute)."""
+    parts = relative.replace("\\", "/").split("/")
+    return bool(relative) and not relative.startswith("/") and "://" not in relative and all(part not in ("", ".", "..") for part in parts)

@@ -16,7 +16,8 @@ from scalereg.errors import InputError
 from scalereg.geometry import UNITS_IN_MICROMETERS
 from scalereg.omezarr.pyramid_layout import PyramidLayout
 from scalereg.omezarr.read_pyramid import level_fingerprint, read_pyramid
-from scalereg.storage import join, lies_inside, normalize_uri, open_array
+from scalereg.output_rules import check_apart
+from scalereg.storage import join, normalize_uri, open_array
 from scalereg.transforms.grid import GridMap, lps_bounds_um
 from scalereg.transforms.transform_chain import TransformChain, load_transform_chain
 from scalereg.units import parse_bytes
@@ -56,7 +57,9 @@ def plan_warp(
     pyramids have the same spacing).
     """
     moving, reference, output = normalize_uri(moving), normalize_uri(reference), normalize_uri(output)
-    _check_output_outside_inputs(output, {"moving": moving, "reference": reference, "transform": transform})
+    transforms = [transform] if isinstance(transform, str) else [str(t) for t in transform]
+    inputs = (("moving input", moving), ("reference input", reference), *(("transform input", t) for t in transforms))
+    check_apart(output, inputs)
     if interpolation not in INTERPOLATIONS:
         raise InputError("--interpolation", f"{interpolation!r} is not one of {', '.join(INTERPOLATIONS)}")
     layouts = {"reference": read_pyramid(reference, storage_options), "moving": read_pyramid(moving, storage_options)}
@@ -113,6 +116,7 @@ def plan_warp(
         notes=tuple(_notes(ref_layout, mov_layout, moving_level, reference, moving)),
         working_bytes_per_voxel=_working_bytes_per_voxel(chain, reference_grid, moving_grid, moving_dtype, interpolation),
         working_bytes_fixed=SLAB_BYTES,
+        input_uris=inputs,
     )
     return plan_conversion(
         source,
@@ -124,15 +128,6 @@ def plan_warp(
         memory_budget=budget,
         storage_options=storage_options,
     )
-
-
-def _check_output_outside_inputs(output: str, inputs: dict[str, str | Sequence[str]]) -> None:
-    """Refuse an output inside one of the inputs (a pyramid, a transform directory):
-    writing it would change the input, and replacing it later would delete part of it."""
-    for role, given in inputs.items():
-        for uri in [given] if isinstance(given, str) else list(given):
-            if not uri.startswith(("[", "!")) and lies_inside(output, uri):  # "[file.mat,1]" and "!file.mat" are files
-                raise InputError(output, f"output lies inside the {role} input {uri}; choose another output path")
 
 
 def _matching_level(layout: PyramidLayout, reference_grid: GridMap) -> int:

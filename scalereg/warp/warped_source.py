@@ -25,6 +25,7 @@ import numpy as np
 
 from scalereg.errors import InputError
 from scalereg.io.source import Region, Source
+from scalereg.omezarr.read_region import read_source_region
 from scalereg.storage import open_array
 from scalereg.transforms.affine_transform import AffineTransform
 from scalereg.transforms.displacement_field import DisplacementField
@@ -58,8 +59,13 @@ class WarpedSource(Source):
     working_bytes_per_voxel: float = 0.0
     working_bytes_fixed: int = SLAB_BYTES
     preferred_block: tuple[int, int, int] | None = None
+    # what the warp reads, with their roles (the moving and reference pyramids, the transforms)
+    input_uris: tuple[tuple[str, str], ...] = ()
 
     # ------------------------------------------------------------ Source interface
+
+    def inputs(self) -> list[tuple[str, str]]:
+        return list(self.input_uris) or [("moving input", self.uri)]
 
     def read(self, region: Region) -> np.ndarray:
         return self.read_with_stats(region)[0]
@@ -162,7 +168,7 @@ class WarpedSource(Source):
                     self._interpolate(sub_coords, sub_inside, sub_out, flat_out[selection].shape)
                 flat_out[selection] = sub_out.reshape(flat_out[selection].shape)
             return
-        region = open_array(self.uri, storage_options=self.storage_options)[tuple(slice(int(a), int(b)) for a, b in zip(low, high))]
+        region = read_source_region(open_array(self.uri, storage_options=self.storage_options), [slice(int(a), int(b)) for a, b in zip(low, high)], self.uri)
         if np.issubdtype(region.dtype, np.floating):
             bad = ~np.isfinite(region)
             if bad.any():
