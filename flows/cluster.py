@@ -59,7 +59,12 @@ def cluster_spec(cluster: str | None) -> dict[str, Any]:
 
 
 def _load(path: Path) -> dict[str, Any]:
-    spec = yaml.safe_load(path.read_text()) or {}
+    try:
+        spec = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise InputError(str(path), f"not a readable cluster profile: {(str(error).splitlines() or [type(error).__name__])[0]}") from None
+    if not isinstance(spec, dict):
+        raise InputError(str(path), "a cluster profile is a mapping (cluster_class, cluster_kwargs, ...)")
     unknown = set(spec) - {"cluster_class", "cluster_kwargs", "adapt_kwargs", "scale_kwargs", "address"}
     if unknown:
         raise InputError(str(path), f"unknown keys {sorted(unknown)} in cluster profile")
@@ -313,8 +318,9 @@ def run_stage_on_cluster(
 
     parameters = dict(parameters)
     try:
-        parameters[output] = checked_output(parameters[output])
-        check_apart(parameters[output], inputs)
+        cluster_spec(cluster)  # a profile that does not load fails here, as bad input
+        given, parameters[output] = parameters[output], checked_output(parameters[output])
+        check_apart(parameters[output], inputs, subject=given if given != parameters[output] else None)  # named as given
         locks = lock_outputs(parameters[output])  # before the cluster: a refused run costs nothing
     except InputError as error:
         return Failed(name=BAD_INPUT_STATE, message=str(error))

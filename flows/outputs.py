@@ -21,7 +21,7 @@ from prefect.runtime import deployment, flow_run
 from scalereg.errors import InputError
 from scalereg.output_lock import OutputLock
 from scalereg.output_roots import ENVIRONMENT_VARIABLE, confine_output, output_roots
-from scalereg.storage import output_uri
+from scalereg.storage import is_remote, normalize_uri, output_uri
 
 
 def checked_output(uri: str, subject: str = "output") -> str:
@@ -33,7 +33,7 @@ def checked_output(uri: str, subject: str = "output") -> str:
             f"runs from a deployment write only under configured roots, and {ENVIRONMENT_VARIABLE} is not set "
             "in the worker's environment (e.g. /data/registrations:s3://lab/registrations)",
         )
-    return output_uri(confine_output(uri, roots, subject))
+    return output_uri(confine_output(normalize_uri(uri) if is_remote(uri) else uri, roots, subject))  # a URI's own problems first
 
 
 def lock_outputs(*uris: str) -> ExitStack:

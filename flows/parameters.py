@@ -33,7 +33,8 @@ Interpolation = Literal["linear", "bspline", "nearest", "label"]
 _AXIS_LETTERS = ("(a|p)", "(s|i)", "(l|r)")
 ORIENTATION_PATTERN = "^(" + "|".join("".join(order) for order in itertools.permutations(_AXIS_LETTERS)) + ")$"
 # What scalereg.units.parse_bytes reads: a number and an optional SI/IEC suffix.
-SIZE_PATTERN = r"^\s*\d*\.?\d+((e|E)\d+)?\s*((k|K|m|M|g|G|t|T)((i|I)?(b|B))?|b|B)?\s*$"
+# (an exponent of one or two digits: 1e400 bytes is no memory size)
+SIZE_PATTERN = r"^\s*\d*\.?\d+((e|E)\d\d?)?\s*((k|K|m|M|g|G|t|T)((i|I)?(b|B))?|b|B)?\s*$"
 BUDGET_PATTERN = rf"^auto$|{SIZE_PATTERN}"
 
 

@@ -25,7 +25,7 @@ from prefect.states import Completed, Failed, State
 
 from flows.aws_credentials import environment, read_aws_credentials
 from flows.checked_flow import checked_flow
-from flows.cluster import AUTO, cluster_capacity, dask_cluster, runner_for, without_flow_heartbeats
+from flows.cluster import AUTO, cluster_capacity, cluster_spec, dask_cluster, runner_for, without_flow_heartbeats
 from flows.convert_volume import convert_volume_blocks
 from flows.outputs import checked_output, lock_outputs
 from flows.parameters import Chunks, Cluster, ImageSource, Output, RegistrationOptions, WarpOptions
@@ -76,8 +76,10 @@ def register_brain(
     """
     logger = get_run_logger()
     try:
-        out = checked_output(out)  # under the output roots, never a bucket's root
-        check_apart(out, registration_inputs(fixed.uri, moving.uri, registration.schedule))  # before a lock is made in it
+        cluster_spec(cluster)  # a profile that does not load fails here, as bad input
+        given, out = out, checked_output(out)  # under the output roots, never a bucket's root
+        # before a lock is made in it; named as given
+        check_apart(out, registration_inputs(fixed.uri, moving.uri, registration.schedule), subject=given if given != out else None)
         credentials = read_aws_credentials(aws_credentials_block)
         with environment(credentials):  # the locks may be in a bucket only the block opens
             # the directory and every stage output in it: a stage flow run alone on one is refused too

@@ -368,7 +368,6 @@ def _print_plan(plan: Any) -> None:
 
 def _register(args: argparse.Namespace) -> int:
     from scalereg.omezarr import read_pyramid
-    from scalereg.output_lock import OutputLock
     from scalereg.output_roots import confine_output
     from scalereg.register import load_schedule, plan_registration, register_pyramids
     from scalereg.units import parse_bytes
@@ -385,19 +384,18 @@ def _register(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
 
-    with OutputLock(args.out, run="scalereg register"):  # this command writes without a flow: lock here
-        manifest = register_pyramids(
-            fixed,
-            moving,
-            args.out,
-            schedule=args.schedule,
-            memory_budget=args.memory_budget,
-            fixed_mask=args.fixed_mask,
-            moving_mask=args.moving_mask,
-            normalize=args.normalize,
-            overwrite=args.overwrite,
-            on_step=_print_step,
-        )
+    manifest = register_pyramids(  # it holds the directory's lock while it writes
+        fixed,
+        moving,
+        args.out,
+        schedule=args.schedule,
+        memory_budget=args.memory_budget,
+        fixed_mask=args.fixed_mask,
+        moving_mask=args.moving_mask,
+        normalize=args.normalize,
+        overwrite=args.overwrite,
+        on_step=_print_step,
+    )
     print(f"wrote {os.path.abspath(args.out)}: forward {manifest['outputs']['forward']}")
     return 0
 
@@ -748,11 +746,14 @@ def _start_prefect(cluster: str | None = None, verbose: bool = False) -> Callabl
             server = TemporaryServer(get_current_settings().to_environment_variables(exclude_unset=True))
         _use_prefect_api(server.api_url)  # this process and the workers it starts
     _stop_unused_early_server()  # Prefect's settings name a server (a profile's PREFECT_API_URL)
-    from flows.cluster import close_prestarted, prestart_cluster, without_flow_heartbeats
-    from scalereg.logs import CONSOLE_VARIABLE, one_line_console
+    from flows.cluster import close_prestarted, cluster_spec, prestart_cluster, without_flow_heartbeats
+    from scalereg.logs import CONSOLE_VARIABLE, LOG_FILE_VARIABLE, one_line_console
 
-    # the workers started for this command print to the terminal as it does (tasks/worker_preload.py)
+    # the workers started for this command print to the terminal as it does, and log to its file (tasks/worker_preload.py)
+    cluster_spec(cluster)  # a profile that does not load: one line now, before any flow runs
     _set_environment(CONSOLE_VARIABLE, "one-line")
+    if _LOG_FILE is not None:
+        _set_environment(LOG_FILE_VARIABLE, str(_LOG_FILE))
     prestart_cluster(cluster)  # `main` closes it if no flow takes it over
 
     @contextmanager

@@ -40,16 +40,19 @@ class TransientError(InputError):
 _USER_ERRNOS = {"ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "ENOTDIR", "EISDIR", "ENAMETOOLONG"}
 
 
-def input_error_from_os(error: BaseException) -> InputError | None:
-    """``error`` (an OSError, or one raised from one) as the user's problem, naming the
-    path, when it is one of those; else None (a transient fault or a bug)."""
+def input_error_from_os(error: BaseException, subject: str | None = None) -> InputError | None:
+    """``error`` (an OSError, or one raised from one) as the user's problem when it is
+    one of those, naming ``subject`` (the output being written) or else the path the
+    system named; None for anything else (a transient fault or a bug)."""
     import errno
 
     item: BaseException | None = error
     seen = 0
     while item is not None and seen < 10:
         if isinstance(item, OSError) and errno.errorcode.get(item.errno or 0) in _USER_ERRNOS:
-            where = item.filename or "output"
-            return InputError(str(where), f"cannot be written: {item.strerror or type(item).__name__}")
+            problem = f"cannot be written: {item.strerror or type(item).__name__}"
+            if subject is not None:
+                return InputError(subject, problem + (f" (writing {item.filename})" if item.filename else ""))
+            return InputError(str(item.filename or "output"), problem)
         item, seen = item.__cause__ or item.__context__, seen + 1
     return None

@@ -8,7 +8,8 @@
   `KEEP_LOG_FILES` are kept).
 - `one_line_console`: handlers that write to the terminal print warnings as single lines:
   no tracebacks, and no errors (the command reports its error itself, once, and says
-  where the log is).  The CLI's local Dask workers do the same (``SCALEREG_CONSOLE``).
+  where the log is).  The CLI's local Dask workers do the same (``SCALEREG_CONSOLE``)
+  and add their records to the command's log file (``SCALEREG_LOG_FILE``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Callable
 from scalereg.redact import mask_secrets
 
 CONSOLE_VARIABLE = "SCALEREG_CONSOLE"  # "one-line": processes started by the CLI print as it does
+LOG_FILE_VARIABLE = "SCALEREG_LOG_FILE"  # the command's log file, which the processes it starts add to
 KEEP_LOG_FILES = 100
 _FORMAT = "%(asctime)s %(levelname)-7s %(name)s %(processName)s: %(message)s"
 
@@ -114,28 +116,33 @@ class _OneLine(logging.Formatter):
         return mask_secrets(self.inner.format(plain).splitlines()[0] if record.getMessage() else "")
 
 
-def _below_error(record: logging.LogRecord) -> bool:
-    return record.levelno < logging.ERROR
+# Loggers whose records the terminal of a command does not show (they go to its log file):
+# Dask's own bookkeeping ("task cancelled", "worker closed") means nothing to a user.
+QUIET_ON_CONSOLE = ("distributed",)
+
+
+def _for_the_console(record: logging.LogRecord) -> bool:
+    return record.levelno < logging.ERROR and not record.name.startswith(QUIET_ON_CONSOLE)
 
 
 def one_line_console() -> Callable[[], None]:
     """Have every handler now installed that writes to the terminal print one line per
-    record, without tracebacks, and leave errors to the command (idempotent); returns
-    what undoes it."""
+    record, without tracebacks, and leave errors to the command and Dask's records to
+    the log file (idempotent); returns what undoes it."""
     changed: list[logging.Handler] = []
     for logger in [logging.getLogger(), *(logging.getLogger(name) for name in list(logging.root.manager.loggerDict))]:
         for handler in getattr(logger, "handlers", []):
             if not _writes_to_terminal(handler) or isinstance(handler.formatter, _OneLine):
                 continue
             handler.setFormatter(_OneLine(handler.formatter))
-            handler.addFilter(_below_error)
+            handler.addFilter(_for_the_console)
             changed.append(handler)
 
     def undo() -> None:
         for handler in changed:
             if isinstance(handler.formatter, _OneLine):
                 handler.setFormatter(handler.formatter.inner)
-            handler.removeFilter(_below_error)
+            handler.removeFilter(_for_the_console)
 
     return undo
 

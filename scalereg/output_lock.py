@@ -45,7 +45,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from scalereg.errors import InputError
+from scalereg.errors import InputError, input_error_from_os
 from scalereg.storage import filesystem, is_remote, normalize_uri, redact_uri
 from scalereg.storage_errors import storage_errors
 
@@ -115,7 +115,9 @@ class OutputLock:
         try:
             with storage_errors(self.output):  # the user named the output, not its lock
                 record, version = self._take()
-        except PermissionError as error:  # a local directory this run may not write in
+        except OSError as error:  # a local directory this run may not write in, a full or read-only disk
+            if input_error_from_os(error) is None:
+                raise
             raise InputError(self.output, f"cannot create its lock {self.uri}: {error.strerror or error}") from None
         self._record, self._version = record, version
         self._stop = threading.Event()

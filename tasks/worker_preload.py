@@ -21,10 +21,14 @@ import zarr  # noqa: F401
 import scalereg.convert.run_block  # noqa: F401
 import scalereg.pyramid.stream_block  # noqa: F401
 import tasks.convert  # noqa: F401
-from scalereg.logs import CONSOLE_VARIABLE, install_masking, one_line_console
+from pathlib import Path
+
+from scalereg.logs import CONSOLE_VARIABLE, LOG_FILE_VARIABLE, install_masking, log_to_file, one_line_console
 
 install_masking()
 if os.environ.get(CONSOLE_VARIABLE) == "one-line":  # a worker of a CLI command: its terminal shows what the command's does
     one_line_console()
+if os.environ.get(LOG_FILE_VARIABLE):  # and its records go to the command's log file
+    log_to_file(Path(os.environ[LOG_FILE_VARIABLE]))
 if threading.current_thread() is threading.main_thread():  # where a signal's handler can be set
     signal.signal(signal.SIGINT, signal.SIG_IGN)

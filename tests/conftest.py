@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 import pytest
@@ -65,13 +66,14 @@ def label_phantom(shape: tuple[int, int, int], labels: int = 5, seed: int = 1) -
     return out
 
 
-def session_processes(session: int) -> list[int]:
-    """The pids of every process whose session is ``session``."""
+def session_processes(session: int, of: Any = os.getsid) -> list[int]:
+    """The pids of every process whose session (or, with ``of=os.getpgid``, process
+    group) is ``session``."""
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                if os.getsid(int(entry)) == session:
+                if of(int(entry)) == session:
                     found.append(int(entry))
             except OSError:
                 continue

@@ -246,6 +246,32 @@ def _raw(tmp_path: Path, shape: tuple[int, int, int], seed: int = 0, name: str =
     return volume, str(raw)
 
 
+def test_core_calls_from_python_hold_the_output_lock_too(tmp_path, mouse_registration):
+    """scalereg's functions called from Python (no flow) take their output's lock as the
+    flows do: a second writer is refused naming the first, whichever of them is a flow."""
+    from scalereg.convert import convert_volume
+    from scalereg.register import register_pyramids
+    from scalereg.warp.warp_volume import warp_volume
+
+    _, raw = _raw(tmp_path, (16, 16, 16))
+    outputs = {name: tmp_path / name for name in ("brain.ome.zarr", "warped.ome.zarr", "transform")}
+    calls = {
+        "brain.ome.zarr": lambda: convert_volume(raw, str(outputs["brain.ome.zarr"]), spacing=(1, 1, 1)),
+        "warped.ome.zarr": lambda: warp_volume(str(mouse_registration["transform"]), str(mouse_registration["moving"]), str(mouse_registration["fixed"]), str(outputs["warped.ome.zarr"])),
+        "transform": lambda: register_pyramids(str(mouse_registration["fixed"]), str(mouse_registration["moving"]), str(outputs["transform"])),
+    }
+    for name, call in calls.items():
+        held = OutputLock(str(outputs[name]), run="convert-volume 'first-run' (a flow)").acquire()
+        try:
+            with pytest.raises(InputError, match="is being written by run convert-volume 'first-run'"):
+                call()
+        finally:
+            held.release()
+        assert not outputs[name].exists(), f"{name}: a refused call wrote nothing"
+    calls["brain.ome.zarr"]()  # once the lock is free the call writes, and lets its lock go
+    assert not Path(f"{outputs['brain.ome.zarr']}.lock").exists()
+
+
 def test_a_run_aimed_at_an_output_being_written_is_refused_and_the_output_left_alone(prefect_server, tmp_path):
     from prefect.settings import PREFECT_API_URL
 

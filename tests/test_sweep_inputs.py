@@ -69,3 +69,15 @@ def test_done_is_the_report_not_the_run_state(volume_runs, tmp_path):
     (tmp_path / "outputs" / "a").mkdir(parents=True)
     (tmp_path / "outputs" / "a" / "report.md").write_text("# done")
     assert decide() == "done"
+
+
+def test_a_sweep_whose_output_is_inside_its_inputs_is_refused(prefect_server, tmp_path):
+    """Outputs written under the swept folder would be found as volumes by the next
+    sweep (and overwrite could delete what is swept): refused before anything starts."""
+    from flows.sweep_inputs import sweep_inputs
+
+    (tmp_path / "incoming").mkdir()
+    state = sweep_inputs(inputs=str(tmp_path / "incoming"), fixed={"uri": str(tmp_path / "atlas.nii.gz")},
+                         output=str(tmp_path / "incoming" / "registered"), return_state=True)  # fmt: skip
+    assert state.is_failed() and state.name == BAD_INPUT_STATE
+    assert "lies inside the inputs location" in state.message and not (tmp_path / "incoming" / "registered").exists()

@@ -15,6 +15,7 @@ from scalereg.blocks import block_voxels
 from scalereg.convert.output_state import finish_conversion, finish_level, prepare_output
 from scalereg.convert.plan_conversion import ConversionPlan, plan_conversion
 from scalereg.convert.run_block import run_block_and_release
+from scalereg.output_lock import OutputLock
 
 
 def convert_volume(
@@ -43,14 +44,17 @@ def run_conversion(
     executor: Executor | None = None,
     on_block_done: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    state = prepare_output(plan, overwrite=overwrite)
-    rows: list[dict[str, Any]] = []
-    if state != "complete":
-        for level in plan.levels:
-            start = time.perf_counter()
-            results = _map(executor, plan, level.index, level.blocks, on_block_done)
-            rows.append(finish_level(plan, level.index, results, time.perf_counter() - start))
-        finish_conversion(plan)
+    """Write ``plan`` (see `convert_volume`), holding its output's lock meanwhile: a
+    second writer of the same output, here or in a flow, is refused naming this one."""
+    with OutputLock(plan.output, run="scalereg.convert.run_conversion (Python)", storage_options=plan.storage_options):
+        state = prepare_output(plan, overwrite=overwrite)
+        rows: list[dict[str, Any]] = []
+        if state != "complete":
+            for level in plan.levels:
+                start = time.perf_counter()
+                results = _map(executor, plan, level.index, level.blocks, on_block_done)
+                rows.append(finish_level(plan, level.index, results, time.perf_counter() - start))
+            finish_conversion(plan)
     return {"output": plan.output, "state": state, "levels": rows, "notes": list(plan.notes)}
 
 

@@ -14,6 +14,7 @@ from scalereg.blocks import Block, block_name
 from scalereg.convert.copy_source_block import copy_and_downsample_block, copy_source_block
 from scalereg.convert.plan_conversion import ConversionPlan
 from scalereg.heap import heap_for_mid_size_allocations, release_free_memory
+from scalereg.errors import input_error_from_os
 from scalereg.omezarr.level_checksums import ALGORITHM as CHECKSUM_ALGORITHM
 from scalereg.pyramid.stream_block import stream_downsample_block
 from scalereg.storage import exists, filesystem, join, open_array, write_marker
@@ -56,12 +57,18 @@ def run_block(plan: ConversionPlan, level: int, block: Block) -> dict[str, Any]:
     if exists(marker, options):
         return {"level": level, "block": block, "skipped": True, "seconds": 0.0, "digests": _recorded_digests(marker, options)}
     start = time.perf_counter()
-    with zarr_concurrency(plan.chunks_in_flight):
-        stats = _write_block(plan, level, block)
-    # the chunk digests, per level written, go into the marker: a resumed run that
-    # skips this block still knows them for the levels' checksums
-    digests = {str(level + offset): chunk_digests for offset, chunk_digests in enumerate(stats.pop("digests", []))}
-    write_marker(marker, json.dumps({"digests": digests, "algorithm": CHECKSUM_ALGORITHM}), storage_options=options)
+    try:
+        with zarr_concurrency(plan.chunks_in_flight):
+            stats = _write_block(plan, level, block)
+        # the chunk digests, per level written, go into the marker: a resumed run that
+        # skips this block still knows them for the levels' checksums
+        digests = {str(level + offset): chunk_digests for offset, chunk_digests in enumerate(stats.pop("digests", []))}
+        write_marker(marker, json.dumps({"digests": digests, "algorithm": CHECKSUM_ALGORITHM}), storage_options=options)
+    except OSError as error:  # a disk that filled up, a filesystem that went read-only: the output's problem
+        user = input_error_from_os(error, subject=plan.output)
+        if user is None:
+            raise
+        raise user from None
     return {"level": level, "block": block, "skipped": False, "seconds": time.perf_counter() - start, "digests": digests, **stats}
 
 

@@ -21,6 +21,7 @@ import SimpleITK as sitk
 from scalereg.errors import InputError
 from scalereg.geometry import geometry_from_lps, parse_unit
 from scalereg.io.check_header import DEFLATE_RATIO, check_header
+from scalereg.io.native_output import native_output
 from scalereg.io.source import Region, Source, check_shape
 from scalereg.storage import normalize_uri
 
@@ -41,6 +42,7 @@ _DTYPES = {
     sitk.sitkFloat64: np.float64,
 }
 _CORRUPT = (RuntimeError, OSError, EOFError, ValueError, zlib.error)
+sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's warnings would go to the terminal, not to the log
 # gzip data is skipped by decompressing into a buffer of this size, not all at once
 _SKIP_CHUNK = 4 << 20
 # a header line longer than this is not a header (a binary file named .nrrd)
@@ -76,10 +78,16 @@ class ItkSource(Source):
         if not self.uri.lower().endswith(ITK_SUFFIXES):
             raise InputError(self.uri, f"not a NRRD or MetaImage file name (expected {', '.join(ITK_SUFFIXES)})")
         reader = self._reader()
-        try:
-            reader.ReadImageInformation()
-        except RuntimeError as error:
-            raise InputError(self.uri, f"not a readable NRRD/MetaImage file: {_itk_message(error)}") from None
+        with native_output() as said:  # ITK's readers print their complaints themselves
+            try:
+                reader.ReadImageInformation()
+            except RuntimeError as error:
+                failure = error
+            else:
+                failure = None
+        if failure is not None:
+            reason = said[0] if said else _itk_message(failure)
+            raise InputError(self.uri, f"not a readable NRRD/MetaImage file: {reason}")
         if reader.GetNumberOfComponents() != 1:
             raise InputError(
                 self.uri,
@@ -189,9 +197,14 @@ class ItkSource(Source):
 
 
 def _itk_message(error: Exception) -> str:
-    """The useful last line of an ITK exception (the rest is a C++ source location)."""
+    """The useful line of an ITK exception (the rest is a C++ source location): its
+    description, else its last line ("Reason: Success" says nothing: the line before)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
+    for line in lines:
+        if line.startswith("Description:"):
+            return line.removeprefix("Description:").strip()
+    useful = [line for line in lines if line not in ("Reason: Success",) and not line.startswith("Exception thrown in SimpleITK")]
+    return (useful or lines or [type(error).__name__])[-1]
 
 
 def _skip(stream: gzip.GzipFile, count: int) -> None:

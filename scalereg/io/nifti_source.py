@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
+import logging
 import os
 import zlib
+from typing import Iterator
 
 import nibabel as nib
 import numpy as np
@@ -59,7 +62,7 @@ class NiftiSource(Source):
         check_dtype(self.uri, self.dtype)
         self._check_size(img)
 
-        notes: list[str] = []
+        notes: list[str] = list(self.notes)
         self.unit = _unit(header, self.uri, notes)
         if self.unit is None:
             self.unit_unknown = notes[-1]
@@ -88,7 +91,10 @@ class NiftiSource(Source):
 
     def _load(self) -> nib.Nifti1Image:
         try:
-            return nib.load(self.uri)
+            with _header_fixes() as fixes:
+                image = nib.load(self.uri)
+            self.notes = tuple(f"{self.uri}: {fix}" for fix in fixes)  # nibabel's repairs of the header, said
+            return image
         except FileNotFoundError:
             raise InputError(self.uri, "no such file or directory") from None
         except _CORRUPT as error:
@@ -131,6 +137,24 @@ class NiftiSource(Source):
         return {**self.__dict__, "_img": None}
 
 
+@contextlib.contextmanager
+def _header_fixes() -> Iterator[list[str]]:
+    """What nibabel says of a header it repairs as it loads ('qform_code 99 not valid;
+    setting to 0'), collected instead of printed: nibabel writes it to stderr itself."""
+    logger = logging.getLogger("nibabel.global")
+    fixes: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            fixes.append(" ".join(record.getMessage().split()))
+
+    handlers, logger.handlers = logger.handlers, [Collect()]
+    try:
+        yield fixes
+    finally:
+        logger.handlers = handlers
+
+
 @functools.lru_cache(maxsize=4)
 def _shared_image(uri: str, mtime_ns: int, size: int) -> nib.Nifti1Image:
     """One open image per file and process, shared by the blocks a worker reads.
@@ -140,7 +164,8 @@ def _shared_image(uri: str, mtime_ns: int, size: int) -> nib.Nifti1Image:
     of the key so that a changed file is opened anew.)
     """
     try:
-        return nib.load(uri, keep_file_open=True)
+        with _header_fixes():  # said once, when the source was opened
+            return nib.load(uri, keep_file_open=True)
     except _CORRUPT as error:
         raise InputError(uri, f"not a readable NIfTI file: {error}") from None
 

@@ -66,6 +66,8 @@ def open_source(uri: str, storage_options: dict[str, Any] | None = None) -> Sour
 def _open_remote(uri: str, storage_options: dict[str, Any] | None) -> Source:
     try:
         fs, path = filesystem(uri, storage_options)
+    except InputError:
+        raise
     except (ImportError, ValueError) as error:
         raise InputError(uri, f"cannot open this URL: {error}") from None
     with storage_errors(uri):
@@ -115,8 +117,10 @@ def _zarr_kind(fs: fsspec.AbstractFileSystem, path: str) -> str | None:
     if v3 is not None:
         if v3.get("node_type") == "array":
             return "array"
-        attributes = v3.get("attributes") or {}
-        ome = attributes.get("ome") or {}
+        attributes = v3.get("attributes") if isinstance(v3.get("attributes"), dict) else {}
+        ome = attributes.get("ome") if isinstance(attributes.get("ome"), dict) else {}
+        if not isinstance(v3.get("attributes", {}), dict):
+            raise InputError(path, "Zarr metadata whose attributes are not an object")
         return "ome" if "multiscales" in ome or "multiscales" in attributes else "group"
     if fs.exists(f"{path}/.zarray"):
         return "array"

@@ -18,7 +18,13 @@ from scalereg.io.source import Region, Source, check_shape
 from scalereg.storage import normalize_uri
 
 TIFF_SUFFIXES = (".tif", ".tiff")
-_CORRUPT = (tifffile.TiffFileError, OSError, EOFError, ValueError, struct.error, zlib.error)
+# What tifffile raises on a damaged file: its own error, and whatever a garbled tag makes
+# its parser trip over (a keyframe that does not match, a tuple where a number belongs,
+# a zero tile size).  A file is untrusted input: any of them means it is not readable.
+_CORRUPT = (
+    tifffile.TiffFileError, OSError, EOFError, ValueError, struct.error, zlib.error,
+    RuntimeError, TypeError, IndexError, KeyError, ZeroDivisionError, AttributeError, OverflowError,
+)  # fmt: skip
 
 
 class TiffSource(Source):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ from scalereg.geometry import Geometry, named, parse_unit
 from scalereg.omezarr.create_pyramid_store import STATUS_KEY
 from scalereg.omezarr.pyramid_layout import Level, PyramidLayout
 from scalereg.orientation import orientation_from_rfc4
-from scalereg.storage import open_group
+from scalereg.storage import is_remote, open_group
 from scalereg.storage_errors import storage_errors
 
 
@@ -34,6 +35,8 @@ def read_pyramid(uri: str, storage_options: dict[str, Any] | None = None) -> Pyr
     except InputError:
         raise
     except FileNotFoundError:
+        if not is_remote(uri) and os.path.exists(uri):
+            raise InputError(uri, "is not an OME-Zarr image (there is no Zarr group here)") from None
         raise InputError(uri, "no such file or directory") from None
     except (ValueError, KeyError, TypeError, zarr.errors.BaseZarrError) as error:  # TypeError: attributes that are not an object
         raise InputError(uri, f"not a Zarr group ({type(error).__name__}: {error})") from None

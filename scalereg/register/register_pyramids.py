@@ -52,6 +52,7 @@ from scalereg.register.qc import foreground, jacobian_stats, qc_picture, similar
 from scalereg.register.run_ants_step import run_ants_step
 from scalereg.register.schedule import RegistrationSchedule, load_schedule
 from scalereg.local_cache import local_copy, scratch_dir
+from scalereg.output_lock import OutputLock
 from scalereg.output_rules import check_apart, existing_output
 from scalereg.storage import exists, filesystem, is_remote, join, normalize_uri, open_array, output_uri, read_bytes, redact_uri, write_bytes
 from scalereg.storage_errors import storage_errors
@@ -89,14 +90,18 @@ def register_pyramids(
     them to [0, 1] (bright vessels, saturated spots in lightsheet data).  A step that
     was already completed for the same inputs (an interrupted run) is reused.
     """
-    run = RegistrationRun(fixed, moving, out, schedule, memory_budget, fixed_mask, moving_mask, normalize, clip_percentiles, overwrite)
-    if run.manifest() is not None:
-        return run.manifest()  # type: ignore[return-value]
-    for index in range(len(run.plan.steps)):
-        result = run.run_step(index)
-        if on_step:
-            on_step(result)
-    return run.finish()
+    root = output_uri(out)
+    check_apart(root, registration_inputs(normalize_uri(fixed), normalize_uri(moving), schedule, fixed_mask, moving_mask))  # before its lock is made
+    # held while the directory is written: a second writer, here or in a flow, is refused naming this one
+    with OutputLock(root, run="scalereg.register.register_pyramids (Python)"):
+        run = RegistrationRun(fixed, moving, out, schedule, memory_budget, fixed_mask, moving_mask, normalize, clip_percentiles, overwrite)
+        if run.manifest() is not None:
+            return run.manifest()  # type: ignore[return-value]
+        for index in range(len(run.plan.steps)):
+            result = run.run_step(index)
+            if on_step:
+                on_step(result)
+        return run.finish()
 
 
 class RegistrationRun:

@@ -25,6 +25,7 @@ from typing import Any, Sequence, Union
 import numpy as np
 
 from scalereg.errors import InputError
+from scalereg.geometry import UNITS_IN_MICROMETERS
 from scalereg.local_cache import local_copy
 from scalereg.storage import exists, is_remote, join, normalize_uri, read_bytes, write_marker
 from scalereg.storage_errors import storage_errors
@@ -182,6 +183,8 @@ def _from_directory(directory: str, inverse: bool, storage_options: dict[str, An
     chains = outputs.get("chains") if isinstance(outputs, dict) else None
     if not isinstance(manifest, dict) or manifest.get("kind") != "scalereg-transform" or not isinstance(chains, dict):
         raise InputError(directory, "manifest.json is not a scalereg transform manifest (no 'outputs.chains')")
+    for role in ("fixed", "moving"):
+        _check_image_record(manifest.get(role), role, manifest_path)
     direction = "inverse" if inverse else "forward"
     entries = chains.get(direction)
     if not isinstance(entries, list):
@@ -201,6 +204,39 @@ def _from_directory(directory: str, inverse: bool, storage_options: dict[str, An
             components.append(read_vector_field(path, storage_options))
     description = [{"directory": directory, "inputs_key": manifest.get("inputs_key"), "inverse": inverse}]
     return TransformChain(components, description, manifest)
+
+
+def _check_image_record(record: Any, role: str, manifest_path: str) -> None:
+    """Refuse a manifest whose record of the ``role`` image (what a warp checks its
+    images against) is not one: uri, level fingerprints, LPS bounds, spacing, unit."""
+    def refuse(what: str) -> InputError:
+        return InputError(manifest_path, f"'{role}' {what}: not a record scalereg wrote")
+
+    if record is None:
+        return
+    if not isinstance(record, dict):
+        raise refuse("is not an object")
+    if not isinstance(record.get("uri", ""), str):
+        raise refuse("has a uri that is not a string")
+    fingerprints = record.get("fingerprints") or {}
+    if not isinstance(fingerprints, dict) or not all(isinstance(k, str) and k.isdigit() and isinstance(v, str) for k, v in fingerprints.items()):
+        raise refuse("has fingerprints that are not {level: digest}")
+    bounds = record.get("lps_bounds_um")
+    if bounds is not None and not _numbers(bounds, (2, 3)):
+        raise refuse("has lps_bounds_um that are not two points of three finite numbers")
+    spacing = record.get("spacing")
+    if spacing is not None and not _numbers(spacing, (3,)):
+        raise refuse("has a spacing that is not three finite numbers")
+    if record.get("unit", "micrometer") not in UNITS_IN_MICROMETERS:
+        raise refuse(f"has an unknown unit {str(record.get('unit'))[:40]!r}")
+
+
+def _numbers(value: Any, shape: tuple[int, ...]) -> bool:
+    try:
+        array = np.asarray(value, dtype=float)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return array.shape == shape and bool(np.all(np.isfinite(array)))
 
 
 def _verify_checksums(directory: str, manifest: dict[str, Any], entries: list[dict[str, Any]], storage_options: dict[str, Any] | None) -> None:

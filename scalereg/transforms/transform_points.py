@@ -77,8 +77,8 @@ def transform_points(
             chain = load_transform_chain(transform, inverse=source_space == "moving", field_cache=cache)
             assert chain.manifest is not None
             target_space = "fixed" if source_space == "moving" else "moving"
-            source_image = source_image or chain.manifest[source_space]["uri"]
-            target_image = target_image or chain.manifest[target_space]["uri"]
+            source_image = source_image or (chain.manifest.get(source_space) or {}).get("uri") or None
+            target_image = target_image or (chain.manifest.get(target_space) or {}).get("uri") or None
         elif source_space != "moving":
             raise InputError("--from", "applies to a scalereg transform directory; for ANTs files list the transforms for the direction you need")
         else:
